@@ -1,0 +1,580 @@
+"""Stage 2, the evolution engine: top-k SAE features of every (prefix, layer, step).
+
+:func:`evolve` computes, for a prompt of N tokens and every layer L of the bank, every
+prefix length ``n = 2..N`` (query ``q = n - 1``) and every step (see
+:mod:`trajectory.evolution` for the steps and the file format)::
+
+    initial      SAE_L(resid_pre_L[q])
+    key j        SAE_L(resid_pre_L[q] + postnorm(b_O + Σ_{k≤j} c_{q,k}))   j = 0..q
+    mlp          SAE_L(resid_post_L[q])
+
+with ``c_{q,k}`` the contribution of key k to query q through layer L's attention
+(:mod:`trajectory.attention`). All prefixes come from ONE forward pass (causal
+attention). Layers are processed one after the other, so memory holds one layer's
+SAE and one batch of step vectors at a time.
+
+How it is fast (``method="feature_space"``, chosen automatically for JumpReLU,
+ReLU/standard and TopK SAEs): an SAE encoder is linear before its activation, so
+
+    pre[q, j] = (resid_pre[q] - b_dec') W_enc + b_enc
+                + (Σ_{k≤j} Σ_h pattern[h,q,k] · F[k,h] + F_b) / r[q, j]
+
+where ``F[k,h] = (w ⊙ v[k,kv(h)] W_O[h]) W_enc`` is each per-key, per-head value
+vector encoded once, ``F_b = (w ⊙ b_O) W_enc``, ``w`` the post-norm weight and
+``r[q, j]`` the RMS of the partial sum (computed in d_model space; the frozen scale,
+or 1, in the other variants). Only the mixing with attention weights, the cumulative
+sum and the elementwise activation and top-k remain per step, instead of one
+``d_model × d_sae`` product per step vector. Other SAEs (gated, normalising inputs,
+...) go through ``method="direct"``: step vectors built in d_model space and encoded
+with the SAE's own ``encode`` in large batches. Both agree to float rounding (tests).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+
+from trajectory.evolution import Evolution, LayerRows, default_metadata, n_steps, row_offset
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from sae_lens import SAE
+    from transformer_lens import HookedTransformer
+
+    from trajectory.attention import LayerActivations
+    from trajectory.sae_bank import SAEBank
+
+METHODS = ("auto", "feature_space", "direct")
+
+#: Elements of ``[rows, d_sae]`` float32 per batch when ``batch_size`` is not given (128 MB).
+DEFAULT_BATCH_ELEMENTS = 2**25
+
+
+# --------------------------------------------------------------------------- inputs
+def prompt_tokens(model: "HookedTransformer", prompt: "str | Sequence[int] | torch.Tensor", max_tokens: int | None = 128):
+    """Tokenise ``prompt`` (BOS prepended as the model does) and check its length.
+
+    Returns ``(ids [N] int64 tensor, token strings)``. Raises ``ValueError`` for an
+    empty prompt, fewer than 2 tokens, more than ``max_tokens`` or more than the
+    model's context ``n_ctx``.
+    """
+    import torch
+
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError("the prompt is empty; pass some text with --prompt or a non-empty line in --prompt-file")
+        ids = model.to_tokens(prompt)[0].cpu()
+    else:
+        ids = torch.as_tensor(prompt, dtype=torch.long).flatten().cpu()
+    N = int(ids.shape[0])
+    if N < 2:
+        raise ValueError(f"the prompt has {N} token(s) (BOS included); the evolution needs at least 2")
+    if max_tokens is not None and N > max_tokens:
+        raise ValueError(
+            f"the prompt has {N} tokens (BOS included), more than max_tokens={max_tokens}; "
+            "shorten it or raise --max-tokens"
+        )
+    n_ctx = int(model.cfg.n_ctx)
+    if N > n_ctx:
+        raise ValueError(f"the prompt has {N} tokens, more than the model's context of {n_ctx}; shorten it")
+    strs = [model.tokenizer.decode([int(t)]) for t in ids] if model.tokenizer is not None else [str(int(t)) for t in ids]
+    return ids, strs
+
+
+_RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|mid|post)$")
+
+
+def check_bank(model: "HookedTransformer", bank: "SAEBank", layers: Sequence[int] | None) -> list[int]:
+    """Validate that ``bank`` fits ``model`` at ``layers`` (``None``: all bank layers).
+
+    Returns the sorted layers. Raises ``ValueError`` for layers outside the model or
+    the bank, an SAE whose ``d_in`` differs from ``d_model``, or an SAE that reads a
+    hook other than layer L's residual stream.
+    """
+    n_layers = int(model.cfg.n_layers)
+    check = getattr(bank, "check_model", None)
+    if callable(check):
+        check(model)
+    if layers is None:
+        layers = list(bank.layers)
+    layers = sorted({int(L) for L in layers})
+    if not layers:
+        raise ValueError("no layers to compute; pass --layers, e.g. 0-17")
+    out_of_model = [L for L in layers if not 0 <= L < n_layers]
+    if out_of_model:
+        raise ValueError(
+            f"layer(s) {out_of_model} out of range: {model.cfg.model_name} has layers 0-{n_layers - 1}"
+        )
+    missing = [L for L in layers if L not in bank.layers]
+    if missing:
+        raise ValueError(
+            f"layer(s) {missing} are not in the SAE bank (it has {list(bank.layers)}); "
+            "preload them with `trajectory preload --layers ...` or pass --layers within the bank"
+        )
+    d_model = int(model.cfg.d_model)
+    for L in layers:
+        hook = bank.hook_name(L)
+        m = _RESID_HOOK.match(hook or "")
+        if m is None or int(m.group(1)) != L:
+            raise ValueError(
+                f"the SAE of layer {L} reads {hook!r}, not layer {L}'s residual stream "
+                f"(blocks.{L}.hook_resid_post); this bank does not fit the evolution — use a residual-stream bank"
+            )
+        d_in = int(bank[L].cfg.d_in)
+        if d_in != d_model:
+            raise ValueError(
+                f"the SAE of layer {L} expects d_in={d_in} but {model.cfg.model_name} has d_model={d_model}; "
+                "the bank was made for another model — preload a bank for this model's preset"
+            )
+    return layers
+
+
+# ------------------------------------------------------------------ top-k selection
+def select_active_topk(acts: "torch.Tensor", k: int, active: "torch.Tensor | None" = None):
+    """Top-k features of each row among ACTIVE ones (activation > 0).
+
+    Order: activation descending, ties by feature index ascending (deterministic).
+    Rows with fewer than ``k`` active features keep all of them.
+
+    Args:
+        acts: ``[rows, d_sae]`` activations (or pre-activations when ``active`` is given).
+        k: maximum features kept per row.
+        active: optional ``[rows, d_sae]`` bool mask of active features; entries of
+            ``acts`` outside it are ignored (saves materialising the activations).
+
+    Returns:
+        ``(indices int32 [total], values float32 [total], counts int64 [rows],
+        n_active int32 [rows])`` as numpy arrays, rows concatenated in order.
+    """
+    import torch
+
+    R, f = acts.shape
+    if active is None:
+        active = acts > 0
+    n_active = active.sum(-1)
+    if int(n_active.sum()) <= 4 * R * k:
+        # sparse rows: sort only the active entries (nonzero() is row-major, columns ascending)
+        rows, cols = active.nonzero(as_tuple=True)
+        vals = acts[rows, cols].float()
+        order = torch.sort(vals, descending=True, stable=True).indices
+        order = order[torch.sort(rows[order], stable=True).indices]
+        rows, cols, vals = rows[order], cols[order], vals[order]
+        starts = torch.cumsum(n_active, 0) - n_active
+        keep = (torch.arange(rows.numel(), device=rows.device) - starts[rows]) < k
+        idx, val = cols[keep], vals[keep]
+    else:
+        acts = torch.where(active, acts.float(), 0.0)
+        kk = min(k, f)
+        val, idx = torch.topk(acts, kk, dim=-1, sorted=True)
+        kth = val[:, -1:]
+        # rows where equal values straddle the cut: redo them with a full stable sort
+        straddle = ((acts >= kth).sum(-1) > kk) & (kth[:, 0] > 0)
+        for r in torch.nonzero(straddle).flatten().tolist():
+            o = torch.sort(acts[r], descending=True, stable=True).indices[:kk]
+            idx[r], val[r] = o, acts[r, o]
+        o = torch.sort(idx, dim=-1).indices  # ties by index: sort by index, then stably by value
+        idx, val = idx.gather(-1, o), val.gather(-1, o)
+        o = torch.sort(val, dim=-1, descending=True, stable=True).indices
+        idx, val = idx.gather(-1, o), val.gather(-1, o)
+        mask = val > 0
+        idx, val = idx[mask], val[mask]
+    counts = torch.clamp(n_active, max=k)
+    return (
+        idx.to(torch.int32).cpu().numpy(),
+        val.to(torch.float32).cpu().numpy(),
+        counts.cpu().numpy().astype(np.int64),
+        n_active.to(torch.int32).cpu().numpy(),
+    )
+
+
+# ------------------------------------------------------------------- SAE encoders
+@dataclass
+class LinearEncoder:
+    """An SAE encoder written as ``activation((x - b_in) @ W_enc + b_enc)``.
+
+    Attributes:
+        kind: ``"jumprelu"``, ``"relu"`` or ``"topk"``.
+        W_enc: ``[d_in, d_sae]`` float32; b_enc: ``[d_sae]``; b_in: ``[d_in]``
+            (``b_dec`` when the SAE subtracts it from its input, else zeros).
+        threshold: ``[d_sae]`` (jumprelu); sae_k: the SAE's own k (topk);
+        feature_scale: ``[d_sae]`` multiplying the pre-activations (TopK SAEs that
+            rescale by decoder norm), else ``None``.
+    """
+
+    kind: str
+    W_enc: "torch.Tensor"
+    b_enc: "torch.Tensor"
+    b_in: "torch.Tensor"
+    threshold: "torch.Tensor | None" = None
+    sae_k: int = 0
+    feature_scale: "torch.Tensor | None" = None
+
+    @classmethod
+    def from_sae(cls, sae: "SAE", device) -> "LinearEncoder | None":
+        """The linear form of ``sae`` on ``device`` (float32), or ``None`` when its encoder is not one."""
+        import torch
+
+        kinds = {"JumpReLUSAE": "jumprelu", "StandardSAE": "relu", "TopKSAE": "topk"}
+        kind = kinds.get(type(sae).__name__)
+        cfg = sae.cfg
+        if kind is None or getattr(cfg, "normalize_activations", "none") not in ("none", None):
+            return None
+        if getattr(cfg, "hook_head_index", None) is not None:
+            return None
+
+        def f32(t):
+            return t.detach().to(device=device, dtype=torch.float32)
+
+        b_in = f32(sae.b_dec) if cfg.apply_b_dec_to_input else torch.zeros(cfg.d_in, device=device)
+        enc = cls(kind=kind, W_enc=f32(sae.W_enc), b_enc=f32(sae.b_enc), b_in=b_in)
+        if kind == "jumprelu":
+            enc.threshold = f32(sae.threshold)
+        if kind == "topk":
+            enc.sae_k = int(cfg.k)
+            if getattr(cfg, "rescale_acts_by_decoder_norm", False):
+                enc.feature_scale = f32(sae.W_dec).norm(dim=-1)
+        return enc
+
+    def pre(self, x: "torch.Tensor") -> "torch.Tensor":
+        """Pre-activations of d_model vectors ``x [..., d_in]`` -> ``[..., d_sae]`` (no feature_scale)."""
+        return (x - self.b_in) @ self.W_enc + self.b_enc
+
+    def activate(self, pre: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tensor | None]":
+        """Activations from pre-activations ``[rows, d_sae]`` (feature_scale already applied),
+        as the SAE's ``encode`` computes them: ``(values, active mask)``; for JumpReLU and
+        ReLU the values are ``pre`` itself and only the mask is computed (cheaper)."""
+        import torch
+
+        if self.kind == "jumprelu":  # relu(pre) * (pre > θ) is pre where pre > max(θ, 0)
+            return pre, pre > self.threshold.clamp(min=0)
+        if self.kind == "relu":
+            return pre, pre > 0
+        vals, idx = torch.topk(pre, self.sae_k, dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter_(-1, idx, vals.relu()), None
+
+
+# --------------------------------------------------------------------- per layer
+def _query_chunks(N: int, batch_rows: int) -> list[list[int]]:
+    """Queries 1..N-1 grouped so that each group's step rows fit ``batch_rows``."""
+    chunks, cur = [], []
+    for q in range(1, N):
+        if cur and len(cur + [q]) * (q + 3) > batch_rows:
+            chunks.append(cur)
+            cur = []
+        cur.append(q)
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
+def _layer_pre_feature_space(model, acts: "LayerActivations", enc: LinearEncoder, postnorm: str, queries: list[int]):
+    """Pre-activations of all step rows of ``queries``, mixed in feature space.
+
+    Every row is a combination of vectors already in feature space: the per-key,
+    per-head encoded values ``F[k, h]``, the encoded output bias ``F_b``, and the
+    encoded ``resid_pre[q]`` / ``resid_post[q]``. So one matrix ``T`` of mixing
+    weights (attention pattern × causal cumulative mask / partial-sum RMS) and ONE
+    product ``T @ [F; F_b; base; mlp]`` give the whole chunk; its inner dimension
+    ``K·n_heads + 1 + 2Q`` is well below ``d_model`` for the prompt lengths used.
+
+    Returns:
+        ``[Σ_q (q + 3), d_sae]`` float32, rows ordered (q, step).
+    """
+    import torch
+
+    from trajectory.attention import _norm_params, head_values, output_bias
+
+    device = enc.W_enc.device
+    L = acts.layer
+    c = acts.__dict__.setdefault("_fs_cache", {})
+    if "F" not in c:  # once per layer: encode per-key, per-head value vectors, resid_pre and resid_post
+        w, eps = _norm_params(model, L, postnorm, device, torch.float32)
+        u = head_values(model, acts).to(device)  # [N, h, d]
+        N, H, d = u.shape
+        bO = output_bias(model, L, device)
+        W = enc.W_enc if enc.feature_scale is None else enc.W_enc * enc.feature_scale
+        b_enc = enc.b_enc if enc.feature_scale is None else enc.b_enc * enc.feature_scale
+        c.update(
+            u=u.reshape(N * H, d),
+            bO=bO,
+            eps=eps,
+            H=H,
+            F=(u * w).reshape(N * H, d) @ W,  # [N·h, f], row k·h + h
+            Fb=((w * bO) @ W)[None],  # [1, f]
+            base=(acts.resid_pre.to(device, torch.float32) - enc.b_in) @ W + b_enc,  # [N, f]
+            mlp=(acts.resid_post.to(device, torch.float32) - enc.b_in) @ W + b_enc,  # [N, f]
+            pattern=acts.pattern.to(device, torch.float32),
+            scale=None if acts.scale is None else acts.scale.to(device, torch.float32),
+        )
+    H = c["H"]
+    q0, q1 = queries[0], queries[-1]
+    Q, K = len(queries), q1 + 1
+    # attention rows: (q, j) for j = 0..q; coefficient of F[k, h] is pattern[h, q, k] · [k ≤ j]
+    row_q = torch.cat([torch.full((q + 1,), q, dtype=torch.long) for q in queries]).to(device)
+    row_j = torch.cat([torch.arange(q + 1) for q in queries]).to(device)
+    causal = (torch.arange(K, device=device)[None, :] <= row_j[:, None]).float()  # [Ra, K]
+    C = (c["pattern"][:, row_q, :K].permute(1, 2, 0) * causal[..., None]).reshape(-1, K * H)  # [Ra, K·h]
+    if postnorm == "per_partial_sum":  # each partial sum's own RMS, in d_model space
+        S = C @ c["u"][: K * H] + c["bO"]
+        inv_r = (S.pow(2).mean(-1) + c["eps"]).rsqrt()
+    elif postnorm == "frozen_scale":
+        inv_r = 1.0 / c["scale"][row_q]
+    else:
+        inv_r = torch.ones(len(row_q), device=device)
+    n_cols = K * H + 1 + 2 * Q
+    sizes = torch.tensor([q + 3 for q in queries])
+    starts = torch.cumsum(sizes, 0) - sizes  # first row (initial) of each query
+    R = int(sizes.sum())
+    T = torch.zeros(R, n_cols, device=device)
+    attn_rows = torch.cat([torch.arange(1, q + 2) + int(st) for q, st in zip(queries, starts)]).to(device)
+    first = starts.to(device)
+    qi = torch.arange(Q, device=device)
+    T[attn_rows, : K * H] = C * inv_r[:, None]
+    T[attn_rows, K * H] = inv_r
+    T[attn_rows, K * H + 1 + (row_q - q0)] = 1.0  # + base[q]
+    T[first, K * H + 1 + qi] = 1.0  # initial: base[q]
+    last = first + torch.tensor(queries, device=device) + 2
+    T[last, K * H + 1 + Q + qi] = 1.0  # mlp: mlp[q]
+    Fcat = torch.cat([c["F"][: K * H], c["Fb"], c["base"][q0 : q1 + 1], c["mlp"][q0 : q1 + 1]])
+    return T @ Fcat
+
+
+def _layer_steps_direct(model, acts: "LayerActivations", postnorm: str, queries: list[int], device):
+    """Step vectors of ``queries`` in d_model space: ``[Σ_q (q + 3), d_model]``, rows (q, step)."""
+    import torch
+
+    from trajectory.attention import attn_partial_sums
+
+    P = attn_partial_sums(model, acts, acts.layer, queries=queries, postnorm=postnorm).to(device)
+    pre = acts.resid_pre.to(device, torch.float32)
+    post = acts.resid_post.to(device, torch.float32)
+    parts = []
+    for i, q in enumerate(queries):
+        parts += [pre[q : q + 1], pre[q] + P[i, : q + 1], post[q : q + 1]]
+    return torch.cat(parts)
+
+
+def evolve_layer(
+    model: "HookedTransformer",
+    sae: "SAE",
+    acts: "LayerActivations",
+    *,
+    k: int = 400,
+    postnorm: str = "per_partial_sum",
+    method: str = "auto",
+    batch_size: int | None = None,
+    device=None,
+) -> LayerRows:
+    """All (n, step) top-k rows of one layer, from that layer's recorded activations.
+
+    Args:
+        model: the model that produced ``acts`` (for W_O, b_O and the post-norm).
+        sae: the layer's SAE.
+        acts: :class:`~trajectory.attention.LayerActivations` of one forward pass.
+        k: features kept per step (active ones only).
+        postnorm: ``"per_partial_sum"`` or ``"frozen_scale"`` (``"none"`` is used by
+            itself on models without a post-attention norm).
+        method: ``"feature_space"``, ``"direct"`` or ``"auto"``.
+        batch_size: step rows per batch (default: ``DEFAULT_BATCH_ELEMENTS / d_sae``).
+        device: where to compute (default: where ``acts`` live).
+
+    Returns:
+        :class:`~trajectory.evolution.LayerRows` with ``Σ_{n=2..N} (n + 2)`` rows.
+    """
+    import torch
+
+    from trajectory.attention import resolve_postnorm
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    device = torch.device(device) if device is not None else acts.resid_pre.device
+    variant = resolve_postnorm(model, acts.layer, postnorm)
+    d_sae = int(sae.cfg.d_sae)
+    batch_rows = int(batch_size or max(64, DEFAULT_BATCH_ELEMENTS // d_sae))
+    enc = LinearEncoder.from_sae(sae, device) if method in ("auto", "feature_space") else None
+    if method == "feature_space" and enc is None:
+        raise ValueError(f"{type(sae).__name__} has no linear encoder form; use method='direct' or 'auto'")
+    N = acts.n_pos
+    parts: list[tuple] = []
+    moved_from = None
+    if enc is None and sae.W_enc.device != device:
+        moved_from = sae.W_enc.device
+        sae.to(device)
+    try:
+        with torch.no_grad():
+            for queries in _query_chunks(N, batch_rows):
+                if enc is not None:
+                    step_acts, active = enc.activate(_layer_pre_feature_space(model, acts, enc, variant, queries))
+                else:
+                    x = _layer_steps_direct(model, acts, variant, queries, device)
+                    step_acts, active = sae.encode(x.to(sae.W_enc.dtype)), None
+                parts.append(select_active_topk(step_acts, k, active))
+                del step_acts, active
+    finally:
+        acts.__dict__.pop("_fs_cache", None)
+        if moved_from is not None:
+            sae.to(moved_from)
+    counts = np.concatenate([p[2] for p in parts])
+    offsets = np.zeros(counts.size + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(counts)
+    rows = LayerRows(
+        indices=np.concatenate([p[0] for p in parts]),
+        values=np.concatenate([p[1] for p in parts]),
+        offsets=offsets,
+        n_active=np.concatenate([p[3] for p in parts]),
+    )
+    assert counts.size == row_offset(N + 1), "row layout mismatch"
+    return rows
+
+
+# ------------------------------------------------------------------------ public
+def evolve(
+    model: "HookedTransformer",
+    bank: "SAEBank",
+    prompt: "str | Sequence[int] | torch.Tensor",
+    *,
+    k: int = 400,
+    layers: Iterable[int] | None = None,
+    max_tokens: int | None = 128,
+    postnorm: str = "per_partial_sum",
+    device=None,
+    progress: bool = True,
+    batch_size: int | None = None,
+    method: str = "auto",
+    preset: str | None = None,
+) -> Evolution:
+    """Top-k SAE features of every (prefix length, layer, step) of ``prompt``.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` (e.g. from ``trajectory.load_model``).
+        bank: the SAE bank (``bank[L]`` is layer L's sae-lens SAE).
+        prompt: text (BOS prepended as the model does) or token ids ``[N]``.
+        k: features kept per step, strongest first, active ones only.
+        layers: layers to compute (default: all layers of the bank).
+        max_tokens: refuse longer prompts (BOS included); ``None``: only ``n_ctx`` applies.
+        postnorm: ``"per_partial_sum"`` (the original method: each partial sum normalised
+            with its own RMS) or ``"frozen_scale"`` (exact linear split); models without
+            a post-attention norm always use none.
+        device: where to compute (default: the model's device). SAE weights are moved
+            there one layer at a time.
+        progress: show a progress bar over layers.
+        batch_size: step rows per encode batch (default from the SAE width).
+        method: ``"auto"`` (feature-space mixing when the SAE allows, else direct),
+            ``"feature_space"`` or ``"direct"``.
+        preset: preset name recorded in the result (default: ``bank.preset``).
+
+    Returns:
+        :class:`~trajectory.evolution.Evolution`.
+
+    Example:
+        >>> from trajectory.testing import tiny_model, tiny_bank
+        >>> model = tiny_model(); bank = tiny_bank(model)
+        >>> evo = evolve(model, bank, "mark gave flashlight to", k=5, progress=False)
+        >>> evo.tokens, evo.steps(2)
+        (['<bos>', 'mark', 'gave', 'flashlight', 'to'], ['initial', "key 0 '<bos>'", "key 1 'mark'", 'mlp'])
+    """
+    from tqdm.auto import tqdm
+
+    from trajectory.attention import POSTNORMS, collect_activations
+
+    if postnorm not in POSTNORMS:
+        raise ValueError(f"unknown postnorm {postnorm!r}; use one of {', '.join(POSTNORMS)}")
+    layers = check_bank(model, bank, None if layers is None else list(layers))
+    ids, strs = prompt_tokens(model, prompt, max_tokens)
+    device = device if device is not None else model.cfg.device
+    all_acts = collect_activations(model, ids, layers)
+    rows: dict[int, LayerRows] = {}
+    used_postnorm = postnorm if any(hasattr(model.blocks[L], "ln1_post") for L in layers) else "none"
+    for L in tqdm(layers, desc="evolve layers", disable=not progress, unit="layer"):
+        rows[L] = evolve_layer(
+            model, bank[L], all_acts.pop(L), k=k, postnorm=postnorm, method=method, batch_size=batch_size, device=device
+        )
+    settings = dict(k=k, layers=layers, max_tokens=max_tokens, postnorm=postnorm, method=method, device=str(device))
+    meta = default_metadata(settings)
+    meta["saes"] = {str(L): _sae_summary(bank, L) for L in layers}
+    return Evolution(
+        tokens=strs,
+        token_ids=[int(t) for t in ids],
+        layers=layers,
+        k=int(k),
+        rows=rows,
+        model_name=str(getattr(bank, "model_name", "") or model.cfg.model_name),
+        preset=preset if preset is not None else getattr(bank, "preset", None),
+        postnorm=used_postnorm,
+        metadata=meta,
+    )
+
+
+def _sae_summary(bank, L: int) -> dict[str, Any]:
+    sae = bank[L]
+    entry = bank.entry(L) if hasattr(bank, "entry") else None
+    return dict(
+        hook_name=bank.hook_name(L),
+        architecture=type(sae).__name__,
+        d_sae=int(sae.cfg.d_sae),
+        dtype=str(sae.W_enc.dtype).replace("torch.", ""),
+        source=getattr(entry, "source", None),
+        neuronpedia_id=getattr(entry, "neuronpedia_id", None),
+    )
+
+
+def evolve_many(
+    model: "HookedTransformer",
+    bank: "SAEBank",
+    prompts: Sequence[str],
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    **kwargs: Any,
+) -> list[Path]:
+    """Evolve each prompt into ``out_dir/prompt_{i:04d}.safetensors``; resumable.
+
+    A file that already exists, reads back and matches the prompt's tokens and the
+    settings (k, layers, postnorm) is kept, so a rerun after an interruption does only
+    the missing prompts (files are written atomically: never half-written). A file
+    from other settings raises ``ValueError`` unless ``overwrite``; an unreadable one
+    is recomputed. ``out_dir/index.json`` lists prompt -> file.
+
+    Returns the paths, one per prompt, in order.
+    """
+    import json
+
+    from tqdm.auto import tqdm
+
+    from trajectory.io import atomic_write
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    max_tokens = kwargs.get("max_tokens", 128)
+    k = int(kwargs.get("k", 400))
+    postnorm = kwargs.get("postnorm", "per_partial_sum")
+    layers = check_bank(model, bank, kwargs.get("layers"))
+    kwargs["layers"] = layers
+    # validate every prompt before spending time on any
+    ids = [prompt_tokens(model, p, max_tokens)[0] for p in prompts]
+    paths = [out_dir / f"prompt_{i:04d}.safetensors" for i in range(len(prompts))]
+    with atomic_write(out_dir / "index.json") as fh:
+        json.dump([dict(prompt=p, file=path.name) for p, path in zip(prompts, paths)], fh, indent=1)
+    for prompt, tok, path in tqdm(list(zip(prompts, ids, paths)), desc="prompts", disable=not progress, unit="prompt"):
+        if path.exists() and not overwrite:
+            try:
+                done = Evolution.load(path)
+            except ValueError:
+                done = None  # corrupt: recompute
+            if done is not None:
+                same_prompt = done.token_ids == [int(t) for t in tok]
+                same_settings = done.k == k and done.layers == layers and (done.postnorm in (postnorm, "none"))
+                if same_prompt and same_settings:
+                    continue
+                raise ValueError(
+                    f"{path} holds another prompt or other settings (k={done.k}, layers={done.layers}, "
+                    f"postnorm={done.postnorm}); use another output folder or --overwrite"
+                )
+        evolve(model, bank, tok, progress=False, **kwargs).save(path)
+    return paths

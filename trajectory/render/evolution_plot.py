@@ -1,0 +1,325 @@
+"""The per-layer evolution plot: rank of each feature across the steps of one prefix.
+
+For one layer L and prefix length n (query q = n - 1) the x axis holds the steps of
+:meth:`trajectory.evolution.Evolution.steps` (``initial``, ``key 0 '<bos>'``, ...,
+``key q 'tok'``, ``mlp``) and the y axis the 1-based rank of a feature in that step's
+top-k (rank 1 at the top, log scale so the top ranks get the room). One line per
+feature; a gap where the feature is out of the top-k. Newcomers (see
+``trajectory.newcomers``) are coloured, all other features light grey; only features
+that reach rank ≤ ``top`` at some step are drawn, so the picture stays readable.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from trajectory.io import atomic_path, atomic_write
+from trajectory.render.style import display_token, html_text, wrap
+
+#: ``id`` of the plotly graph ``<div>`` in the written page.
+EVOLUTION_DIV_ID = "evolution-plot"
+
+_PALETTE = (
+    "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324",
+    "#800000", "#469990", "#000075", "#bfef45", "#808000", "#e6beff", "#ffd8b1", "#aaffc3",
+)
+
+
+@dataclass
+class RankLines:
+    """The data of one evolution plot.
+
+    Attributes:
+        layer, n: the layer and prefix length shown; ``query = n - 1``.
+        tokens: the prompt's tokens (BOS first).
+        features: features drawn, newcomers first (by final rank), then the others.
+        ranks: ``float [len(features), n + 2]`` 1-based rank per step, ``nan`` where absent.
+        activations: ``float [len(features), n + 2]`` activation per step, ``nan`` where absent.
+        newcomers: the highlighted features (a subset of ``features``).
+        top: features reaching rank ≤ ``top`` at some step are drawn.
+        T, through: the newcomer rule used (final rank ≤ T at the last attention or ``mlp`` step).
+        final_step: index of the step the newcomer rule checks (``n`` or ``n + 1``).
+    """
+
+    layer: int
+    n: int
+    tokens: list[str]
+    features: list[int]
+    ranks: np.ndarray
+    activations: np.ndarray
+    newcomers: list[int]
+    top: int
+    T: int
+    through: str
+    final_step: int
+    model_name: str = ""
+    explanations: dict[int, str] = field(default_factory=dict)
+
+    def step_labels(self, token_label=None) -> list[str]:
+        """``initial``, ``key j 'tok'`` ..., ``mlp`` with tokens shown visibly (not escaped for HTML)."""
+        show = token_label or (lambda t: display_token(t, max_len=16))
+        return ["initial"] + [f"key {j} '{show(self.tokens[j])}'" for j in range(self.n)] + ["mlp"]
+
+    def first_step(self, i: int) -> int | None:
+        """First step (> 0) at which feature row ``i`` is present."""
+        hit = np.flatnonzero(~np.isnan(self.ranks[i, 1:]))
+        return int(hit[0]) + 1 if hit.size else None
+
+
+def rank_lines(
+    evo,
+    layer: int,
+    n: int,
+    *,
+    T: int = 22,
+    through: str = "attention",
+    top: int | None = None,
+    newcomers: Iterable[Any] | None = None,
+    explanations: Mapping[int, str] | None = None,
+) -> RankLines:
+    """Collect the ranks to plot for (layer, n) of an :class:`~trajectory.evolution.Evolution`.
+
+    ``newcomers``: features (ints, or objects with ``.feature``) to highlight; default
+    ``trajectory.newcomers.find_newcomers(evo, n, layer, T=T, through=through)``.
+    ``top``: draw features that reach rank ≤ ``top`` at some step (default ``T``);
+    newcomers are always drawn.
+    """
+    if through not in ("attention", "mlp"):
+        raise ValueError(f"through must be 'attention' or 'mlp', not {through!r}")
+    n_steps = n + 2
+    per_step: list[dict[int, tuple[int, float]]] = []  # step -> feature -> (rank, activation)
+    for s in range(n_steps):
+        idx, val = evo.topk(n, layer, s)  # raises a clear ValueError for a bad layer or n
+        per_step.append({int(i): (r, float(v)) for r, (i, v) in enumerate(zip(idx.tolist(), val.tolist()), start=1)})
+    if newcomers is None:
+        from trajectory.newcomers import find_newcomers
+
+        newcomers = find_newcomers(evo, n, layer, T=T, through=through)
+    new = [int(getattr(f, "feature", f)) for f in newcomers]
+    top = int(top if top is not None else T)
+    shown = set(new)
+    for step in per_step:
+        shown.update(f for f, (r, _) in step.items() if r <= top)
+    final_step = n if through == "attention" else n + 1
+
+    def final_rank(f: int) -> float:
+        return per_step[final_step].get(f, (math.inf, 0.0))[0]
+
+    others = sorted(shown - set(new), key=lambda f: (min(step.get(f, (math.inf,))[0] for step in per_step), f))
+    order = sorted(dict.fromkeys(new), key=lambda f: (final_rank(f), f)) + others
+    ranks = np.full((len(order), n_steps), np.nan)
+    acts = np.full((len(order), n_steps), np.nan)
+    for i, f in enumerate(order):
+        for s, step in enumerate(per_step):
+            if f in step:
+                ranks[i, s], acts[i, s] = step[f]
+    return RankLines(
+        layer=int(layer), n=int(n), tokens=list(evo.tokens), features=order, ranks=ranks, activations=acts,
+        newcomers=[f for f in order if f in set(new)], top=top, T=int(T), through=through, final_step=final_step,
+        model_name=str(evo.model_name or ""), explanations={int(k): str(v) for k, v in (explanations or {}).items() if v},
+    )
+
+
+def _y_ticks(max_rank: float) -> list[int]:
+    return [t for t in (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500, 1000, 2000, 5000, 10000) if t <= max(max_rank, 1)]
+
+
+def _titles(lines: RankLines, title: str | None) -> tuple[str, str]:
+    q = lines.n - 1
+    head = title if title is not None else (
+        f"Layer {lines.layer}, prefix length {lines.n}: query {q} '{display_token(lines.tokens[q], max_len=30)}'"
+        + (f" · {lines.model_name}" if lines.model_name else ""))
+    sub = (f"rank of each feature across the steps; {len(lines.newcomers)} newcomer"
+           f"{'s' if len(lines.newcomers) != 1 else ''} (final rank ≤ {lines.T} at the "
+           f"{'last attention' if lines.through == 'attention' else 'mlp'} step) in colour, "
+           f"other features reaching rank ≤ {lines.top} in grey")
+    return head, sub
+
+
+def evolution_plot_png(
+    evo,
+    layer: int,
+    n: int,
+    path: str | Path,
+    *,
+    T: int = 22,
+    through: str = "attention",
+    top: int | None = None,
+    newcomers: Iterable[Any] | None = None,
+    explanations: Mapping[int, str] | None = None,
+    title: str | None = None,
+    dpi: int = 150,
+) -> Path:
+    """Draw the evolution plot of (layer, n) to a PNG (written atomically); returns the path.
+
+    See :func:`rank_lines` for ``T``, ``through``, ``top`` and ``newcomers``;
+    ``explanations`` (feature -> text) label the newcomers in the legend.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, NullLocator
+    import matplotlib
+
+    from trajectory.render.png import _fonts, png_token_label
+
+    lines = rank_lines(evo, layer, n, T=T, through=through, top=top, newcomers=newcomers, explanations=explanations)
+    S = n + 2
+    labels = lines.step_labels(png_token_label)
+    families, _ = _fonts()
+    width = min(70.0, max(11.0 if lines.newcomers else 9.0, (7.0 if lines.newcomers else 4.5) + 0.36 * S))
+    rc = {"text.parse_math": False, "font.family": families}
+    path = Path(path)
+    with matplotlib.rc_context(rc), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from")
+        fig = Figure(figsize=(width, 6.5), dpi=dpi, layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        x = np.arange(S)
+        new = set(lines.newcomers)
+        for i, f in enumerate(lines.features):
+            if f not in new:
+                ax.plot(x, lines.ranks[i], color="#b5b5b5", lw=0.8, alpha=0.6, marker="o", ms=1.5, zorder=1)
+        for c, f in enumerate(lines.newcomers):
+            i = lines.features.index(f)
+            first = lines.first_step(i)
+            label = f"{f} → rank {int(lines.ranks[i, lines.final_step])}, enters at {labels[first] if first else '?'}"
+            if f in lines.explanations:
+                label += "\n    " + "\n    ".join(wrap(lines.explanations[f], 48)[:2])
+            ax.plot(x, lines.ranks[i], color=_PALETTE[c % len(_PALETTE)], lw=2.2, marker="o", ms=4, zorder=3, label=label)
+        max_rank = np.nanmax(lines.ranks) if np.isfinite(lines.ranks).any() else lines.T
+        ax.set_yscale("log")
+        ax.set_ylim(max(max_rank, lines.T) * 1.25, 0.8)  # rank 1 at the top
+        ax.yaxis.set_major_locator(FixedLocator(_y_ticks(max(max_rank, lines.T))))
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.set_yticklabels([str(t) for t in _y_ticks(max(max_rank, lines.T))])
+        ax.axhline(lines.T, color="#666666", ls="--", lw=1, zorder=2)
+        ax.text(S - 0.5, lines.T, f" T = {lines.T}", va="center", ha="left", fontsize=8, color="#444444")
+        ax.axvspan(lines.final_step - 0.4, lines.final_step + 0.4, color="#fff2b3", zorder=0)
+        ax.text(lines.final_step, 1.0, "final\nstep", transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                fontsize=7, color="#8a6d00")
+        ax.set_xticks(x, labels, rotation=60 if S > 8 else 30, ha="right", rotation_mode="anchor", fontsize=8)
+        ax.set_xlim(-0.5, S - 0.5)
+        ax.set_xlabel("step (SAE input after adding each key token's attention contribution, then the MLP)")
+        ax.set_ylabel(f"rank in the top-{evo.k} (1 = strongest)")
+        ax.grid(axis="y", color="#eeeeee", lw=0.6)
+        for spine in ("top", "right"):
+            ax.spines[spine].set_visible(False)
+        head, sub = _titles(lines, title)
+        sub = "\n".join(wrap(sub, int(width * 9)))
+        ax.set_title(f"{display_token(head, max_len=200, mark_spaces=False)}\n{sub}", fontsize=10, loc="left")
+        if lines.newcomers:
+            fig.legend(loc="outside right upper", fontsize=8, title="newcomers", title_fontsize=9, frameon=False)
+        if not lines.features:
+            ax.text(0.5, 0.5, "no active features at this layer and prefix", transform=ax.transAxes,
+                    ha="center", va="center", fontsize=13, color="#444444",
+                    bbox=dict(boxstyle="round,pad=0.6", fc="#f4f4f4", ec="#bbbbbb"))
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")
+    return path
+
+
+def build_evolution_figure(lines: RankLines, *, k: int | None = None, title: str | None = None):
+    """The plotly ``Figure`` of an evolution plot (what :func:`evolution_plot_html` writes)."""
+    import plotly.graph_objects as go
+
+    S = lines.n + 2
+    labels = [html_text(s) for s in lines.step_labels()]
+    long_labels = [html_text(s) for s in lines.step_labels(lambda t: display_token(t, max_len=60))]
+    x = list(range(S))
+
+    def point_text(i: int, s: int) -> str:
+        f = lines.features[i]
+        text = (f"<b>feature {f}</b>{' (newcomer)' if f in lines.newcomers else ''}<br>{long_labels[s]}<br>"
+                f"rank {int(lines.ranks[i, s])} · act {lines.activations[i, s]:.3g}")
+        if f in lines.explanations:
+            text += "<br>" + "<br>".join(html_text(t) for t in wrap(lines.explanations[f], 70)[:3])
+        return text
+
+    traces = []
+    new = set(lines.newcomers)
+    gx, gy, gt = [], [], []  # all grey lines in one trace, separated by None
+    for i, f in enumerate(lines.features):
+        if f in new:
+            continue
+        for s in range(S):
+            present = not math.isnan(lines.ranks[i, s])
+            gx.append(s)
+            gy.append(float(lines.ranks[i, s]) if present else None)
+            gt.append(point_text(i, s) if present else "")
+        gx.append(None)
+        gy.append(None)
+        gt.append("")
+    if gx:
+        traces.append(go.Scatter(x=gx, y=gy, mode="lines+markers", name="other features", hovertext=gt,
+                                 hoverinfo="text", line=dict(color="rgba(150,150,150,0.45)", width=1),
+                                 marker=dict(size=3, color="rgba(150,150,150,0.6)"), connectgaps=False))
+    for c, f in enumerate(lines.newcomers):
+        i = lines.features.index(f)
+        ys = [None if math.isnan(r) else float(r) for r in lines.ranks[i]]
+        name = f"{f} → rank {int(lines.ranks[i, lines.final_step])}"
+        if f in lines.explanations:
+            name += ": " + html_text(wrap(lines.explanations[f], 40)[0])
+        traces.append(go.Scatter(
+            x=x, y=ys, mode="lines+markers", name=name, connectgaps=False,
+            hovertext=[point_text(i, s) if ys[s] is not None else "" for s in range(S)], hoverinfo="text",
+            line=dict(color=_PALETTE[c % len(_PALETTE)], width=3), marker=dict(size=7),
+        ))
+    max_rank = float(np.nanmax(lines.ranks)) if np.isfinite(lines.ranks).any() else float(lines.T)
+    ticks = _y_ticks(max(max_rank, lines.T))
+    head, sub = _titles(lines, title)
+    fig = go.Figure(traces)
+    fig.update_layout(
+        title=dict(text=f"{html_text(head)}<br><sup>{html_text(sub)}</sup>", x=0.01, xanchor="left"),
+        template="plotly_white", hovermode="closest", hoverlabel=dict(align="left"),
+        legend=dict(title=dict(text="newcomers")),
+        xaxis=dict(title=dict(text="step"), tickmode="array", tickvals=x, ticktext=labels,
+                   tickangle=-55 if S > 8 else 0, range=[-0.5, S - 0.5]),
+        yaxis=dict(title=dict(text=f"rank{f' in the top-{k}' if k else ''} (1 = strongest)"), type="log",
+                   range=[math.log10(max(max_rank, lines.T) * 1.25), math.log10(0.8)],
+                   tickmode="array", tickvals=ticks, ticktext=[str(t) for t in ticks]),
+        shapes=[dict(type="line", xref="paper", x0=0, x1=1, y0=lines.T, y1=lines.T,
+                     line=dict(color="#666666", dash="dash", width=1)),
+                dict(type="rect", xref="x", yref="paper", x0=lines.final_step - 0.4, x1=lines.final_step + 0.4,
+                     y0=0, y1=1, fillcolor="#fff2b3", opacity=0.6, line=dict(width=0), layer="below")],
+        annotations=[dict(text=f"T = {lines.T}", x=1, xref="paper", xanchor="right", y=math.log10(lines.T),
+                          yanchor="bottom", showarrow=False, font=dict(size=10, color="#444444")),
+                     dict(text="final step", x=lines.final_step, xref="x", y=1, yref="paper", yanchor="bottom",
+                          showarrow=False, font=dict(size=10, color="#8a6d00"))],
+    )
+    if not lines.features:
+        fig.add_annotation(text="no active features at this layer and prefix", xref="paper", yref="paper",
+                           x=0.5, y=0.5, showarrow=False, font=dict(size=16))
+    return fig
+
+
+def evolution_plot_html(
+    evo,
+    layer: int,
+    n: int,
+    path: str | Path,
+    *,
+    T: int = 22,
+    through: str = "attention",
+    top: int | None = None,
+    newcomers: Iterable[Any] | None = None,
+    explanations: Mapping[int, str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write the evolution plot of (layer, n) as a self-contained HTML page (plotly.js
+    inlined, atomic write); returns the path. Arguments as :func:`evolution_plot_png`.
+    Hover a point for the feature, step, rank, activation and explanation."""
+    lines = rank_lines(evo, layer, n, T=T, through=through, top=top, newcomers=newcomers, explanations=explanations)
+    fig = build_evolution_figure(lines, k=evo.k, title=title)
+    page = fig.to_html(include_plotlyjs=True, full_html=True, div_id=EVOLUTION_DIV_ID, default_width="100%",
+                       default_height="720px", config={"scrollZoom": True, "displaylogo": False, "responsive": True})
+    head, _ = _titles(lines, title)
+    page = page.replace("<head>", f"<head>\n    <title>{html_text(head)}</title>", 1)
+    path = Path(path)
+    with atomic_write(path) as fh:
+        fh.write(page)
+    return path

@@ -1,0 +1,163 @@
+"""Static PNG of a trajectory graph (matplotlib, Agg; no pyplot global state).
+
+Tokens run along x (one column per token, BOS left out unless the graph includes it),
+layers up y (``emb`` = the token embeddings, input of layer 0). An edge
+``(t, L-1) → (q, L)`` is a line coloured by its best final rank (red = rank 1 →
+purple → blue = rank T, with a colour bar) and as wide as its number of trajectories.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+from trajectory.io import atomic_path
+from trajectory.render.style import GraphView, display_token, layer_label, prompt_text, rank_colour_stops, rank_ticks
+
+#: Font families tried in order; matplotlib falls back along the list per glyph.
+_FONT_CANDIDATES = (
+    "DejaVu Sans",
+    "Noto Sans",
+    "Noto Sans CJK JP",
+    "Noto Sans CJK SC",
+    "Droid Sans Fallback",
+    "WenQuanYi Zen Hei",
+    "Liberation Sans",
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _fonts() -> tuple[list[str], frozenset[int]]:
+    """Installed font families from the candidates, and the code points they can draw."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    installed = {f.name: f.fname for f in font_manager.fontManager.ttflist}
+    families, chars = [], set()
+    for name in _FONT_CANDIDATES:
+        if name in installed:
+            families.append(name)
+            try:
+                chars |= set(FT2Font(installed[name]).get_charmap())
+            except Exception:  # an unreadable font file only costs us its glyphs
+                pass
+    if not families:  # matplotlib's bundled DejaVu Sans is always there
+        families = ["DejaVu Sans"]
+        chars = set(FT2Font(font_manager.findfont("DejaVu Sans")).get_charmap())
+    return families, frozenset(chars)
+
+
+def _renderable(c: str) -> bool:
+    return ord(c) in _fonts()[1]
+
+
+def png_token_label(token: str, max_len: int = 18) -> str:
+    """A token as a PNG tick label: visible escapes, and ``\\uXXXX`` for glyphs no font has."""
+    return display_token(token, max_len=max_len, renderable=_renderable)
+
+
+def figure_size(n_columns: int, n_rows: int) -> tuple[float, float]:
+    """Figure size in inches that keeps every token label and layer row readable.
+
+    About 0.42 in per token column and 0.36 in per layer row, plus room for labels,
+    title and colour bar; at least 8 x 5 in, at most 80 x 50 in.
+    """
+    width = min(80.0, max(8.0, 3.2 + 0.42 * n_columns))
+    height = min(50.0, max(5.0, 3.0 + 0.36 * n_rows))
+    return width, height
+
+
+def render_png(g, path: str | Path, *, title: str | None = None, dpi: int = 150) -> Path:
+    """Draw a trajectory graph to a PNG file (written atomically); returns the path.
+
+    Parameters
+    ----------
+    g: a trajectory graph (``networkx.DiGraph`` following the schema in
+        ``trajectory.graph``); an empty graph gives a picture that says so.
+    path: output file.
+    title: first title line; default: the prompt. A second line always names the
+        model, preset, T and newcomer mode.
+    dpi: resolution; the figure size in inches grows with tokens and layers
+        (:func:`figure_size`), so the pixel size is ``figure_size(...) * dpi``.
+    """
+    import matplotlib
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import LinearSegmentedColormap, Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    view = GraphView(g)
+    families, _ = _fonts()
+    path = Path(path)
+    rc = {"text.parse_math": False, "font.family": families, "svg.fonttype": "none"}
+    with matplotlib.rc_context(rc), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from")
+        fig = Figure(figsize=figure_size(len(view.columns), len(view.rows)), dpi=dpi, layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        cmap = LinearSegmentedColormap.from_list("rank", rank_colour_stops())
+        norm = Normalize(vmin=1, vmax=view.rank_max())
+
+        # faint grid of every (token, layer) position, for orientation
+        gx = [x for x in view.columns for _ in view.rows]
+        gy = [y for _ in view.columns for y in range(len(view.rows))]
+        ax.scatter(gx, gy, s=6, c="#d9d9d9", zorder=1, linewidths=0)
+
+        edges = view.edges()
+        if edges:
+            cmax = view.count_max()
+            segs, colours, widths = [], [], []
+            for u, v, d in edges:
+                segs.append([view.xy(u), view.xy(v)])
+                colours.append(cmap(norm(int(d.get("best_rank", 1) or 1))))
+                widths.append(0.8 + 4.2 * int(d.get("num_trajectories", 1) or 1) / cmax)
+            ax.add_collection(LineCollection(segs, colors=colours, linewidths=widths, alpha=0.85, zorder=2, capstyle="round"))
+            sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
+            cbar = fig.colorbar(sm, ax=ax, pad=0.01, fraction=0.03 if len(view.columns) > 20 else 0.05)
+            cbar.set_ticks(rank_ticks(view.rank_max()))
+            cbar.set_label("best final rank (1 = strongest)")
+            cbar.ax.invert_yaxis()  # rank 1 (red) at the top
+            # width legend
+            counts = sorted({1, max(1, cmax // 2), cmax})
+            handles = [Line2D([], [], color="#555555", lw=0.8 + 4.2 * c / cmax) for c in counts]
+            fig.legend(handles, [f"{c} trajector{'y' if c == 1 else 'ies'}" for c in counts],
+                       loc="outside upper right", ncols=len(counts), fontsize=8, frameon=False,
+                       title="edge width = newcomer features carried", title_fontsize=8)
+
+        if g.number_of_nodes():
+            xs, ys, sizes, colours = [], [], [], []
+            for node, d in g.nodes(data=True):
+                x, y = view.xy(node)
+                n_new = int(d.get("n_newcomers", len(d.get("newcomers") or [])) or 0)
+                xs.append(x)
+                ys.append(y)
+                sizes.append(18 + 10 * min(n_new, 12))
+                colours.append("#222222" if n_new else "#8c8c8c")
+            ax.scatter(xs, ys, s=sizes, c=colours, zorder=3, edgecolors="white", linewidths=0.6)
+        if not edges:
+            T = f" with final rank ≤ {view.T}" if view.T is not None else ""
+            ax.text(0.5, 0.5, f"no newcomer trajectories{T}\n(empty trajectory graph)", transform=ax.transAxes,
+                    ha="center", va="center", fontsize=13, color="#444444",
+                    bbox=dict(boxstyle="round,pad=0.6", fc="#f4f4f4", ec="#bbbbbb"))
+
+        # axes: tokens on x, layers on y
+        rotation = 90 if len(view.columns) > 40 else 55
+        ax.set_xticks(view.columns, [f"{png_token_label(view.token(i))}" for i in view.columns],
+                      rotation=rotation, ha="right" if rotation != 90 else "center",
+                      rotation_mode="anchor" if rotation != 90 else "default", fontsize=9)
+        ax.set_yticks(range(len(view.rows)), [layer_label(L) for L in view.rows], fontsize=9)
+        ax.set_xlim((view.columns[0] - 0.7) if view.columns else -0.7, (view.columns[-1] + 0.7) if view.columns else 0.7)
+        ax.set_ylim(-0.7, len(view.rows) - 0.3)
+        ax.set_xlabel("token (position in the prompt)")
+        ax.set_ylabel("layer")
+        for spine in ("top", "right"):
+            ax.spines[spine].set_visible(False)
+        ax.grid(axis="y", color="#eeeeee", lw=0.6, zorder=0)
+        head = title if title is not None else (prompt_text(view.tokens, max_len=140) or "trajectory graph")
+        ax.set_title(f"{display_token(head, max_len=200, renderable=_renderable, mark_spaces=False)}\n{view.subtitle()}",
+                     fontsize=11, loc="left")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")
+    return path
