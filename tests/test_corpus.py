@@ -82,5 +82,7 @@ def test_split_chunks_is_a_deterministic_partition():
     assert len(held) == 7 and sorted(train + held) == list(range(50))
     assert (train, held) == split_chunks(50, 7, seed=3)
     assert held != split_chunks(50, 7, seed=4)[1]
+    sub_train, sub_held = split_chunks(50, 7, seed=3, n_train=10)
+    assert sub_held == held and len(sub_train) == 10 and not set(sub_train) & set(held)
     with pytest.raises(ValueError, match="at least 2 chunks"):
         split_chunks(1, 1)

@@ -218,7 +218,7 @@ def test_bad_inputs_give_clear_errors(tiny_model, tiny_bank):
     with pytest.raises(ValueError, match=r"layer\(s\) \[0\] are not in the SAE bank.*trajectory preload"):
         evolve(tiny_model, partial, PROMPT, layers=[0, 1], progress=False)
     narrow = SAEBank.from_saes({0: random_sae(16, 32)})
-    with pytest.raises(ValueError, match="d_in=16.*d_model=32"):
+    with pytest.raises(ValueError, match=r"d_in[= ]16.*(d_model=32|width 32)"):
         evolve(tiny_model, narrow, PROMPT, progress=False)
     wrong_hook = make_bank(tiny_model, hook_template="blocks.{layer}.hook_attn_out")
     with pytest.raises(ValueError, match="reads 'blocks.0.hook_attn_out'"):
@@ -242,7 +242,7 @@ def test_evolve_many_resumes_after_interruption(tiny_model, tiny_bank, tmp_path,
     calls = []
 
     def crashing(model, bank, prompt, **kw):
-        calls.append(list(map(int, prompt)))
+        calls.append(prompt)
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real(model, bank, prompt, **kw)
@@ -262,6 +262,7 @@ def test_evolve_many_resumes_after_interruption(tiny_model, tiny_bank, tmp_path,
     assert first.stat().st_mtime_ns == mtime
     evos = [Evolution.load(p) for p in paths]
     assert [e.tokens[1:] for e in evos] == [p.split() for p in prompts]
+    assert [e.metadata["prompt"] for e in evos] == prompts
     fresh = real(tiny_model, tiny_bank, prompts[1], k=5, progress=False)
     for L in fresh.layers:
         np.testing.assert_array_equal(evos[1].rows[L].indices, fresh.rows[L].indices)
@@ -311,3 +312,59 @@ def test_cli_missing_bank_says_run_preload(tmp_path):
 
     with pytest.raises(FileNotFoundError, match=r"run `trajectory preload --preset offline` first"):
         open_bank("offline", tmp_path / "no-bank")
+
+
+def test_feature_space_blocks_and_chunks_agree_with_direct(tiny_model, tiny_bank, monkeypatch):
+    """Many key blocks (partial last ones) and query chunks: still the direct result."""
+    import trajectory.engine as engine
+
+    monkeypatch.setattr(engine, "_KEY_BLOCK", 3)
+    prompt = PROMPT + " . smith left . mark gave flashlight to max"
+    for postnorm in ("per_partial_sum", "frozen_scale"):
+        fast = evolve(tiny_model, tiny_bank, prompt, k=K, postnorm=postnorm, method="feature_space", batch_size=50, progress=False)
+        slow = evolve(tiny_model, tiny_bank, prompt, k=K, postnorm=postnorm, method="direct", progress=False)
+        for L in fast.layers:
+            np.testing.assert_array_equal(fast.rows[L].indices, slow.rows[L].indices)
+            np.testing.assert_array_equal(fast.rows[L].n_active, slow.rows[L].n_active)
+            np.testing.assert_allclose(fast.rows[L].values, slow.rows[L].values, atol=1e-4)
+
+
+# ------------------------------------------------------------- real model
+@pytest.mark.integration
+def test_offline_gemma3_one_pass_equals_per_prefix_reference(offline_model):
+    """Gemma 3 270M (q/k norms, 1 KV head, sliding windows): same results as the reference."""
+    from trajectory.attention import attn_contributions
+    from trajectory.sae_bank import SAEBank
+    from trajectory.testing import random_sae
+
+    model = offline_model
+    layers = [0, 5]
+    bank = SAEBank.from_saes(
+        {L: random_sae(model.cfg.d_model, 256, seed=L, hook_name=f"blocks.{L}.hook_resid_post") for L in layers},
+        model_name=model.cfg.model_name,
+    )
+    prompt = "Mark gave the flashlight to"
+    with torch.no_grad():
+        _, cache = model.run_with_cache(model.to_tokens(prompt))
+    for L in layers:
+        c = attn_contributions(model, cache, L, postnorm="frozen_scale")
+        torch.testing.assert_close(c.sum(1), cache[f"blocks.{L}.hook_attn_out"][0], atol=1e-3, rtol=1e-4)
+    evo = evolve(model, bank, prompt, k=K, layers=layers, progress=False)
+    assert_matches_reference(evo, ref_evolution(model, bank, prompt, K, "per_partial_sum"), atol=1e-3)
+
+
+# ---------------------------------------------------------- benchmark baselines
+def test_benchmark_baselines_compute_the_same_evolution(tiny_model, tiny_bank, tmp_path):
+    """The benchmark's re-implementation of the original loop ranks the same features
+    (its zero-activation tail aside), and the floor encodes every step vector."""
+    from trajectory.bench import _disk_copies, naive_floor, original_loop, prompt_of_length
+
+    tokens = prompt_of_length(tiny_model, 10)
+    evo = evolve(tiny_model, tiny_bank, tokens, k=K, progress=False)
+    dirs = _disk_copies(tiny_bank, [0, 1, 2], tmp_path)
+    orig = original_loop(tiny_model, dirs, tokens, [0, 1, 2], k=K)
+    for (n, L), top in orig.items():
+        for s in range(n + 2):
+            idx, _ = evo.topk(n, L, s)
+            assert set(top[s, : len(idx)].tolist()) == set(idx.tolist())
+    assert naive_floor(tiny_model, tiny_bank, tokens, [0, 1, 2]) == 3 * sum(n + 2 for n in range(2, 11))

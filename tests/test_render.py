@@ -125,6 +125,15 @@ def test_display_token_makes_invisible_characters_visible():
     assert display_token("😀", renderable=lambda c: False) == "\\U0001f600"
 
 
+def test_prompt_text_for_titles():
+    from trajectory.render.style import prompt_text
+
+    assert prompt_text(["<bos>", "The", " dark", "\n", " room"]) == "The dark\\n room"
+    assert prompt_text(["<bos>", "▁The", "▁dark"]) == "The dark"  # SentencePiece spaces
+    assert prompt_text(["<bos>", "the", "dark"]) == "the dark"  # word-level tokens get spaces
+    assert prompt_text([]) == ""
+
+
 def test_png_token_label_escapes_glyphs_no_installed_font_has():
     from trajectory.render.png import _fonts
 
@@ -421,7 +430,8 @@ def test_renders_graphs_built_by_trajectory_graph(tmp_path):
                                    explanations=lambda layer, f: f"explained {f} " + XSS)
         assert g.number_of_edges() >= 1
         rgb = load_rgb(render_png(g, tmp_path / f"{through}.png", dpi=60))
-        assert non_white_fraction(rgb) > 0.01 and reddish(rgb[:, : int(rgb.shape[1] * 0.75)]) > 0
+        plot = rgb[:, : int(rgb.shape[1] * 0.75)]  # without the colour bar
+        assert non_white_fraction(rgb) > 0.01 and int(((plot.max(axis=2) - plot.min(axis=2)) > 80).sum()) > 100
         data, _ = plotly_call(render_html(g, tmp_path / f"{through}.html").read_text(encoding="utf-8"),
                               "trajectory-graph")
         nodes = next(t for t in data if t["name"] == "nodes")
@@ -433,3 +443,16 @@ def test_renders_graphs_built_by_trajectory_graph(tmp_path):
                 assert f"explained {f['feature']} {XSS_ESCAPED}" in hover
         if through == "mlp":
             assert "through the MLP" in hover  # feature 21 arrives at the mlp step
+
+
+@pytest.mark.parametrize("fmt", ["json", "graphml", "gexf"])
+def test_renders_graphs_read_back_from_files(tmp_path, fmt):
+    """A graph read back with trajectory.read_graph draws the same hover text as the original."""
+    export = pytest.importorskip("trajectory.export")
+    g = small_graph(expl="about " + XSS)
+    h = export.read_graph(export.export_graph(g, tmp_path / f"g.{fmt}"))
+    original, _ = plotly_call(render_html(g, tmp_path / "a.html").read_text(encoding="utf-8"), "trajectory-graph")
+    again, _ = plotly_call(render_html(h, tmp_path / "b.html").read_text(encoding="utf-8"), "trajectory-graph")
+    assert again == original
+    assert load_rgb(render_png(h, tmp_path / "b.png", dpi=50)).shape == load_rgb(
+        render_png(g, tmp_path / "a.png", dpi=50)).shape

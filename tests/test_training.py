@@ -49,14 +49,27 @@ def test_store_equals_model_hooks_bos_excluded(tiny_model, corpus_file, tmp_path
     assert (store.index[:, 1] > 0).all()  # position 0 (BOS) never stored
     for layer in (0, 2):
         ref = _hook_acts(tiny_model, chunks, layer)
-        got = torch.from_numpy(np.asarray(store.activations(f"blocks.{layer}.hook_resid_post")))
+        got = torch.from_numpy(np.array(store.activations(f"blocks.{layer}.hook_resid_post")))
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
     with pytest.raises(KeyError, match="not in this store"):
         store.activations("blocks.1.hook_resid_post")
-    half = collect_activations(tiny_model, chunks, tmp_path / "h", layers=[1], progress=False)
+    half = collect_activations(tiny_model, chunks, tmp_path / "h", layers=[1], dtype="float16", progress=False)
     ref = _hook_acts(tiny_model, chunks, 1)
     got = torch.from_numpy(np.asarray(half.activations("blocks.1.hook_resid_post"), dtype=np.float32))
     torch.testing.assert_close(got, ref, rtol=2e-3, atol=2e-3)
+
+
+def test_float16_store_refuses_overflow(tmp_path):
+    from trajectory.testing import tiny_model as make
+
+    model = make()
+    with torch.no_grad():
+        model.embed.W_E.mul_(1e6)  # residual far beyond float16's range
+    chunks = tokenize_chunks(model, ["the cat sat on the table ."] * 4, 6)
+    with pytest.raises(OverflowError, match="dtype='float32'"):
+        collect_activations(model, chunks, tmp_path / "o", layers=[0], dtype="float16", progress=False)
+    store = collect_activations(model, chunks, tmp_path / "o32", layers=[0], dtype="float32", progress=False)
+    assert np.isfinite(np.asarray(store.activations("blocks.0.hook_resid_post"))).all()
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +78,8 @@ def trained(tiny_model, corpus_file):
                       n_heldout_tokens=600, context_length=CTX, batch_size=128, loss_chunks=8,
                       progress=False, seed=1)
     _, docs = load_corpus(corpus_file)
-    chunks = tokenize_chunks(tiny_model, docs, CTX, max_tokens=3000 + 600 + CTX - 1)
+    chunks = tokenize_chunks(tiny_model, docs, CTX, max_tokens=4 * (3000 + 600))
+    assert len(chunks) == bank.metadata["training"]["n_corpus_chunks"]
     return bank, chunks
 
 
@@ -135,8 +149,7 @@ def test_metrics_recomputed_on_heldout(trained, tiny_model):
 
 def test_explanations_name_the_top_tokens(trained, tiny_model):
     bank, chunks = trained
-    held = set(bank.metadata["training"]["heldout_chunks"])
-    train = chunks[[i for i in range(len(chunks)) if i not in held]]
+    train = chunks[bank.metadata["training"]["train_chunks"]]
     tokens = train[train != tiny_model.tokenizer.bos_token_id]
     layer = 2
     sae = bank[layer]
@@ -185,3 +198,19 @@ def test_bad_arguments(tiny_model):
         train_sae(torch.randn(50, 8), d_sae=16, k=2, architecture="gated")
     with pytest.raises(ValueError, match="k must be in"):
         train_sae(torch.randn(50, 8), d_sae=16, k=32)
+
+
+@pytest.mark.integration
+def test_offline_model_store_matches_hooks_and_skips_huge_bos(offline_model, tmp_path):
+    _, docs = load_corpus(None)
+    chunks = tokenize_chunks(offline_model, docs[:3], 16)[:2]
+    store = collect_activations(offline_model, chunks, tmp_path / "s", layers=[0, 17], progress=False)
+    assert store.n_tokens == 2 * 15
+    for layer in (0, 17):
+        hook = f"blocks.{layer}.hook_resid_post"
+        _, cache = offline_model.run_with_cache(chunks, names_filter=hook)
+        ref = cache[hook][:, 1:].reshape(-1, offline_model.cfg.d_model)
+        got = torch.from_numpy(np.array(store.activations(hook)))
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-3)
+        # the BOS residual left out is far larger than any stored one
+        assert cache[hook][:, 0].norm(dim=-1).min() > got.norm(dim=-1).max()

@@ -24,6 +24,7 @@ _EXPORTS = {
     "get_preset": "trajectory.presets",
     "SAEBank": "trajectory.sae_bank",
     "evolve": "trajectory.engine",
+    "evolve_many": "trajectory.engine",
     "Evolution": "trajectory.evolution",
     "find_newcomers": "trajectory.newcomers",
     "Newcomer": "trajectory.newcomers",

@@ -167,6 +167,17 @@ def head_values(model: "HookedTransformer", acts: LayerActivations, dtype=None) 
     return torch.einsum("khd,hdm->khm", v, W_O.to(device=v.device, dtype=dtype))
 
 
+def mix_keys(pattern: "torch.Tensor", u: "torch.Tensor") -> "torch.Tensor":
+    """``out[q, k] = Σ_h pattern[h, q, k] · u[k, h]``: ``[h, q, k] × [k, h, m] -> [q, k, m]``.
+
+    A batched product over keys on contiguous operands (torch's einsum picks a very
+    slow strided path for this contraction on CPU).
+    """
+    import torch
+
+    return torch.bmm(pattern.permute(2, 1, 0).contiguous(), u.contiguous()).transpose(0, 1)
+
+
 def _norm_params(model, layer: int, postnorm: str, device, dtype):
     """(w [d_model], eps) of the post-attention norm, ones/0 when there is none."""
     import torch
@@ -226,7 +237,7 @@ def attn_contributions(
     pattern = acts.pattern.to(torch.float32)  # [h, q, k]
     if query is not None:
         pattern = pattern[:, query : query + 1]
-    c = torch.einsum("hqk,khm->qkm", pattern, u)
+    c = mix_keys(pattern, u).contiguous()
     if include_bias:
         c[:, 0] += output_bias(model, layer, device)
     if variant == "frozen_scale":
@@ -263,7 +274,7 @@ def attn_partial_sums(
     device = u.device
     q_idx = torch.arange(acts.n_pos, device=device) if queries is None else torch.as_tensor(list(queries), device=device)
     pattern = acts.pattern.to(torch.float32)[:, q_idx]  # [h, Q, k]
-    sums = torch.einsum("hqk,khm->qkm", pattern, u).cumsum(dim=1) + output_bias(model, layer, device)
+    sums = mix_keys(pattern, u).cumsum(dim=1) + output_bias(model, layer, device)
     w, eps = _norm_params(model, layer, variant, device, torch.float32)
     if variant == "per_partial_sum":
         sums = w * sums / (sums.pow(2).mean(-1, keepdim=True) + eps).sqrt()

@@ -63,16 +63,16 @@ def _docstrings(module_name: str) -> list[str]:
     docs = []
     if module.__doc__:
         docs.append(module.__doc__)
-    for name in sorted(vars(module)):
-        if name.startswith("_"):
-            continue
-        with warnings.catch_warnings():  # e.g. typing.io's DeprecationWarning on access
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings():  # e.g. typing.io's DeprecationWarning on access
+        warnings.simplefilter("ignore")
+        for name in sorted(vars(module)):
+            if name.startswith("_"):
+                continue
             obj = getattr(module, name)
-        if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(obj, "__module__", None) == module.__name__:
-            doc = inspect.getdoc(obj)
-            if doc and len(doc) > 40:
-                docs.append(f"{name}: {doc}")
+            if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(obj, "__module__", None) == module.__name__:
+                doc = inspect.getdoc(obj)
+                if doc and len(doc) > 40:
+                    docs.append(f"{name}: {doc}")
     return docs
 
 
@@ -228,16 +228,23 @@ def tokenize_chunks(
     return torch.cat([torch.full((n, 1), bos, dtype=torch.long), body], dim=1)
 
 
-def split_chunks(n_chunks: int, n_heldout: int, seed: int = 0) -> tuple[list[int], list[int]]:
+def split_chunks(
+    n_chunks: int, n_heldout: int, seed: int = 0, n_train: int | None = None
+) -> tuple[list[int], list[int]]:
     """Deterministic train / held-out split of chunk indices.
+
+    Chunks are drawn by a seeded permutation, so a subset (``n_train``) spreads over the
+    whole corpus rather than taking its beginning.
 
     Args:
         n_chunks: number of chunks.
         n_heldout: how many go to the held-out set (at least 1 and fewer than ``n_chunks``).
         seed: permutation seed.
+        n_train: how many go to the train set (default: all the others).
 
     Returns:
-        ``(train, heldout)``: sorted chunk indices, disjoint, together ``range(n_chunks)``.
+        ``(train, heldout)``: sorted chunk indices, disjoint (together ``range(n_chunks)``
+        when ``n_train`` is ``None``).
     """
     import numpy as np
 
@@ -245,4 +252,5 @@ def split_chunks(n_chunks: int, n_heldout: int, seed: int = 0) -> tuple[list[int
         raise ValueError(f"need at least 2 chunks to split into train and held-out, got {n_chunks}")
     n_heldout = min(max(int(n_heldout), 1), n_chunks - 1)
     perm = np.random.default_rng(seed).permutation(n_chunks)
-    return sorted(perm[n_heldout:].tolist()), sorted(perm[:n_heldout].tolist())
+    end = n_chunks if n_train is None else n_heldout + max(int(n_train), 1)
+    return sorted(perm[n_heldout:end].tolist()), sorted(perm[:n_heldout].tolist())

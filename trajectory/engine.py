@@ -22,11 +22,15 @@ ReLU/standard and TopK SAEs): an SAE encoder is linear before its activation, so
 where ``F[k,h] = (w ⊙ v[k,kv(h)] W_O[h]) W_enc`` is each per-key, per-head value
 vector encoded once, ``F_b = (w ⊙ b_O) W_enc``, ``w`` the post-norm weight and
 ``r[q, j]`` the RMS of the partial sum (computed in d_model space; the frozen scale,
-or 1, in the other variants). Only the mixing with attention weights, the cumulative
-sum and the elementwise activation and top-k remain per step, instead of one
-``d_model × d_sae`` product per step vector. Other SAEs (gated, normalising inputs,
+or 1, in the other variants). The cumulative sums over keys are taken in blocks of
+8 keys (a prefix per block plus the keys inside it), so each step row costs a
+product of inner dimension ``8·n_heads + 2Q`` instead of ``d_model``; all vectors a
+layer needs in feature space come from ONE product with ``W_enc`` (reading it
+dominates at these sizes). Only the elementwise activation and the top-k remain per
+step. ``method="auto"`` falls back, chunk by chunk, to encoding the d_model step
+vectors when that is cheaper (tiny models). Other SAEs (gated, normalising inputs,
 ...) go through ``method="direct"``: step vectors built in d_model space and encoded
-with the SAE's own ``encode`` in large batches. Both agree to float rounding (tests).
+with the SAE's own ``encode`` in large batches. All agree to float rounding (tests).
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
-from trajectory.evolution import Evolution, LayerRows, default_metadata, n_steps, row_offset
+from trajectory.evolution import Evolution, LayerRows, default_metadata, row_offset
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -154,10 +158,10 @@ def select_active_topk(acts: "torch.Tensor", k: int, active: "torch.Tensor | Non
     R, f = acts.shape
     if active is None:
         active = acts > 0
-    n_active = active.sum(-1)
-    if int(n_active.sum()) <= 4 * R * k:
-        # sparse rows: sort only the active entries (nonzero() is row-major, columns ascending)
-        rows, cols = active.nonzero(as_tuple=True)
+    rows, cols = active.nonzero(as_tuple=True)  # row-major, columns ascending
+    n_active = torch.bincount(rows, minlength=R)
+    if rows.numel() <= 4 * R * k:
+        # sparse rows: sort only the active entries
         vals = acts[rows, cols].float()
         order = torch.sort(vals, descending=True, stable=True).indices
         order = order[torch.sort(rows[order], stable=True).indices]
@@ -257,11 +261,12 @@ class LinearEncoder:
 
 
 # --------------------------------------------------------------------- per layer
-def _query_chunks(N: int, batch_rows: int) -> list[list[int]]:
-    """Queries 1..N-1 grouped so that each group's step rows fit ``batch_rows``."""
+def _query_chunks(N: int, batch_rows: int, max_queries: int | None = None) -> list[list[int]]:
+    """Queries 1..N-1 grouped so that each group's step rows fit ``batch_rows``
+    (and, when given, at most ``max_queries`` queries per group)."""
     chunks, cur = [], []
     for q in range(1, N):
-        if cur and len(cur + [q]) * (q + 3) > batch_rows:
+        if cur and ((len(cur) + 1) * (q + 3) > batch_rows or (max_queries and len(cur) >= max_queries)):
             chunks.append(cur)
             cur = []
         cur.append(q)
@@ -270,7 +275,15 @@ def _query_chunks(N: int, batch_rows: int) -> list[list[int]]:
     return chunks
 
 
-def _layer_pre_feature_space(model, acts: "LayerActivations", enc: LinearEncoder, postnorm: str, queries: list[int]):
+def _layer_pre_feature_space(
+    model,
+    acts: "LayerActivations",
+    enc: LinearEncoder,
+    postnorm: str,
+    queries: list[int],
+    cache: dict,
+    always_mix: bool = True,
+):
     """Pre-activations of all step rows of ``queries``, mixed in feature space.
 
     Every row is a combination of vectors already in feature space: the per-key,
@@ -279,17 +292,21 @@ def _layer_pre_feature_space(model, acts: "LayerActivations", enc: LinearEncoder
     weights (attention pattern × causal cumulative mask / partial-sum RMS) and ONE
     product ``T @ [F; F_b; base; mlp]`` give the whole chunk; its inner dimension
     ``K·n_heads + 1 + 2Q`` is well below ``d_model`` for the prompt lengths used.
+    When it is not (and ``always_mix`` is false), the step vectors are built in
+    d_model space and put through the same linear encoder instead. ``cache`` (one
+    dict per layer, filled on the first chunk) keeps the per-layer encoded vectors.
 
     Returns:
-        ``[Σ_q (q + 3), d_sae]`` float32, rows ordered (q, step).
+        ``(pre [Σ_q (q + 3), d_sae] float32, final_pos [rows] or None)``: buffer row i is
+        row ``final_pos[i]`` of the chunk in (q, step) order (``None``: already in order).
     """
     import torch
 
-    from trajectory.attention import _norm_params, head_values, output_bias
+    from trajectory.attention import _norm_params, head_values, mix_keys, output_bias
 
     device = enc.W_enc.device
     L = acts.layer
-    c = acts.__dict__.setdefault("_fs_cache", {})
+    c = cache
     if "F" not in c:  # once per layer: encode per-key, per-head value vectors, resid_pre and resid_post
         w, eps = _norm_params(model, L, postnorm, device, torch.float32)
         u = head_values(model, acts).to(device)  # [N, h, d]
@@ -297,49 +314,103 @@ def _layer_pre_feature_space(model, acts: "LayerActivations", enc: LinearEncoder
         bO = output_bias(model, L, device)
         W = enc.W_enc if enc.feature_scale is None else enc.W_enc * enc.feature_scale
         b_enc = enc.b_enc if enc.feature_scale is None else enc.b_enc * enc.feature_scale
+        # one product for all of them: reading W_enc (d_model × d_sae) dominates at these sizes
+        X = torch.cat(
+            [
+                (u * w).reshape(N * H, d),  # per-key, per-head values through W_O and the norm weight
+                (w * bO)[None],  # the output bias
+                acts.resid_pre.to(device, torch.float32) - enc.b_in,
+                acts.resid_post.to(device, torch.float32) - enc.b_in,
+            ]
+        )
+        Y = X @ W
         c.update(
             u=u.reshape(N * H, d),
+            W=W,
+            b_enc=b_enc,
             bO=bO,
             eps=eps,
             H=H,
-            F=(u * w).reshape(N * H, d) @ W,  # [N·h, f], row k·h + h
-            Fb=((w * bO) @ W)[None],  # [1, f]
-            base=(acts.resid_pre.to(device, torch.float32) - enc.b_in) @ W + b_enc,  # [N, f]
-            mlp=(acts.resid_post.to(device, torch.float32) - enc.b_in) @ W + b_enc,  # [N, f]
+            F=Y[: N * H],  # [N·h, f], row k·h + h
+            Fb=Y[N * H : N * H + 1],  # [1, f]
+            base=Y[N * H + 1 : N * H + 1 + N] + b_enc,  # [N, f] encoder pre-activation of resid_pre
+            mlp=Y[N * H + 1 + N :] + b_enc,  # [N, f] ... of resid_post
             pattern=acts.pattern.to(device, torch.float32),
             scale=None if acts.scale is None else acts.scale.to(device, torch.float32),
         )
     H = c["H"]
     q0, q1 = queries[0], queries[-1]
     Q, K = len(queries), q1 + 1
-    # attention rows: (q, j) for j = 0..q; coefficient of F[k, h] is pattern[h, q, k] · [k ≤ j]
-    row_q = torch.cat([torch.full((q + 1,), q, dtype=torch.long) for q in queries]).to(device)
-    row_j = torch.cat([torch.arange(q + 1) for q in queries]).to(device)
-    causal = (torch.arange(K, device=device)[None, :] <= row_j[:, None]).float()  # [Ra, K]
-    C = (c["pattern"][:, row_q, :K].permute(1, 2, 0) * causal[..., None]).reshape(-1, K * H)  # [Ra, K·h]
-    if postnorm == "per_partial_sum":  # each partial sum's own RMS, in d_model space
-        S = C @ c["u"][: K * H] + c["bO"]
-        inv_r = (S.pow(2).mean(-1) + c["eps"]).rsqrt()
+    if not always_mix and min(K, _KEY_BLOCK) * H + 2 * Q >= c["u"].shape[1]:
+        # mixing would cost more than encoding the d_model step vectors: encode those
+        return (_layer_steps_direct(model, acts, postnorm, queries, device) - enc.b_in) @ c["W"] + c["b_enc"], None
+    # 1/r for every (q, j): the partial sum's own RMS (in d_model space), the frozen scale, or 1
+    p = c["pattern"][:, q0 : q1 + 1, :K]  # [h, Q, K]
+    if postnorm == "per_partial_sum":
+        S = mix_keys(p, c["u"][: K * H].reshape(K, H, -1)).cumsum(1) + c["bO"]
+        inv_r = (S.pow(2).mean(-1) + c["eps"]).rsqrt()  # [Q, K]
     elif postnorm == "frozen_scale":
-        inv_r = 1.0 / c["scale"][row_q]
+        inv_r = (1.0 / c["scale"][q0 : q1 + 1])[:, None].expand(Q, K)
     else:
-        inv_r = torch.ones(len(row_q), device=device)
-    n_cols = K * H + 1 + 2 * Q
-    sizes = torch.tensor([q + 3 for q in queries])
-    starts = torch.cumsum(sizes, 0) - sizes  # first row (initial) of each query
+        inv_r = torch.ones(Q, K, device=device)
+    # Keys in blocks of B: row (q, j) with j in block b is
+    #   base[q] + (P[q, b] + Σ_{b0 ≤ k ≤ j} Σ_h pattern[h,q,k] F[k,h]) / r[q, j]
+    # where P[q, b] = F_b + all keys before the block (one small product per block), so
+    # each row's product has inner dimension B·h + 2Q instead of K·h + 1 + 2Q.
+    B = _KEY_BLOCK
+    qs = torch.tensor(queries, device=device)
+    sizes = qs + 3
+    starts = torch.cumsum(sizes, 0) - sizes  # final row of each query's "initial" step
     R = int(sizes.sum())
-    T = torch.zeros(R, n_cols, device=device)
-    attn_rows = torch.cat([torch.arange(1, q + 2) + int(st) for q, st in zip(queries, starts)]).to(device)
-    first = starts.to(device)
-    qi = torch.arange(Q, device=device)
-    T[attn_rows, : K * H] = C * inv_r[:, None]
-    T[attn_rows, K * H] = inv_r
-    T[attn_rows, K * H + 1 + (row_q - q0)] = 1.0  # + base[q]
-    T[first, K * H + 1 + qi] = 1.0  # initial: base[q]
-    last = first + torch.tensor(queries, device=device) + 2
-    T[last, K * H + 1 + Q + qi] = 1.0  # mlp: mlp[q]
-    Fcat = torch.cat([c["F"][: K * H], c["Fb"], c["base"][q0 : q1 + 1], c["mlp"][q0 : q1 + 1]])
-    return T @ Fcat
+    pre = torch.empty(R, c["F"].shape[1], device=device)
+    final_pos = torch.empty(R, dtype=torch.long, device=device)
+    prefix = c["Fb"].expand(Q, -1).clone()  # P[:, b]: F_b + keys before the block
+    r0 = 0
+    for k0 in range(0, K, B):
+        k1 = min(k0 + B, K)
+        live = qs >= k0  # queries with a key in this block
+        qi = torch.nonzero(live).flatten()
+        n_j = torch.clamp(qs[qi] - k0 + 1, max=k1 - k0)  # rows per live query
+        row_qi = torch.repeat_interleave(qi, n_j)
+        row_j = k0 + torch.cat([torch.arange(int(m), device=device) for m in n_j])
+        rows = row_qi.numel()
+        inv = inv_r[row_qi, row_j]  # [rows]
+        coef = p[:, row_qi, k0:k1].permute(1, 2, 0)  # [rows, Bk, h]
+        coef = coef * (torch.arange(k0, k1, device=device)[None, :] <= row_j[:, None])[..., None]
+        T = torch.zeros(rows, (k1 - k0) * H + 2 * Q, device=device)
+        T[:, : (k1 - k0) * H] = coef.reshape(rows, -1) * inv[:, None]
+        ar = torch.arange(rows, device=device)
+        T[ar, (k1 - k0) * H + row_qi] = inv  # prefix P[q, b]
+        T[ar, (k1 - k0) * H + Q + row_qi] = 1.0  # base[q]
+        G = torch.cat([c["F"][k0 * H : k1 * H], prefix, c["base"][q0 : q1 + 1]])
+        torch.mm(T, G, out=pre[r0 : r0 + rows])
+        final_pos[r0 : r0 + rows] = starts[row_qi] + 1 + row_j
+        r0 += rows
+        if k1 < K:  # move the prefix past this block
+            blk = p[:, :, k0:k1].permute(1, 2, 0).reshape(Q, -1)  # [Q, Bk·h]
+            prefix += blk @ c["F"][k0 * H : k1 * H]
+    pre[r0 : r0 + Q] = c["base"][qs]
+    final_pos[r0 : r0 + Q] = starts
+    pre[r0 + Q :] = c["mlp"][qs]
+    final_pos[r0 + Q :] = starts + qs + 2
+    return pre, final_pos
+
+
+#: Keys per block in the feature-space mixing (see :func:`_layer_pre_feature_space`).
+_KEY_BLOCK = 8
+
+
+def _reorder_rows(part: tuple, final_pos: np.ndarray) -> tuple:
+    """Put ragged selection results ``(idx, val, counts, n_active)`` from buffer order into
+    final order (buffer row i goes to position ``final_pos[i]``)."""
+    idx, val, counts, n_active = part
+    order = np.argsort(final_pos, kind="stable")  # buffer rows, in final order
+    offsets = np.zeros(counts.size + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(counts)
+    new_counts = counts[order]
+    take = np.repeat(offsets[:-1][order] - np.concatenate([[0], np.cumsum(new_counts)[:-1]]), new_counts)
+    take += np.arange(take.size, dtype=np.int64)
+    return idx[take], val[take], new_counts, n_active[order]
 
 
 def _layer_steps_direct(model, acts: "LayerActivations", postnorm: str, queries: list[int], device):
@@ -401,22 +472,31 @@ def evolve_layer(
         raise ValueError(f"{type(sae).__name__} has no linear encoder form; use method='direct' or 'auto'")
     N = acts.n_pos
     parts: list[tuple] = []
+    fs_cache: dict = {}
     moved_from = None
     if enc is None and sae.W_enc.device != device:
         moved_from = sae.W_enc.device
         sae.to(device)
     try:
         with torch.no_grad():
-            for queries in _query_chunks(N, batch_rows):
+            # feature-space mixing: few queries per chunk keep its products' inner dimension small
+            n_heads = int(model.blocks[acts.layer].attn.W_O.shape[0])
+            max_queries = max(8, _KEY_BLOCK * n_heads // 2) if enc is not None else None
+            for queries in _query_chunks(N, batch_rows, max_queries):
                 if enc is not None:
-                    step_acts, active = enc.activate(_layer_pre_feature_space(model, acts, enc, variant, queries))
+                    pre, final_pos = _layer_pre_feature_space(
+                        model, acts, enc, variant, queries, fs_cache, always_mix=method == "feature_space"
+                    )
+                    step_acts, active = enc.activate(pre)
+                    del pre
                 else:
                     x = _layer_steps_direct(model, acts, variant, queries, device)
-                    step_acts, active = sae.encode(x.to(sae.W_enc.dtype)), None
-                parts.append(select_active_topk(step_acts, k, active))
+                    step_acts, active, final_pos = sae.encode(x.to(sae.W_enc.dtype)), None, None
+                part = select_active_topk(step_acts, k, active)
+                parts.append(part if final_pos is None else _reorder_rows(part, final_pos.cpu().numpy()))
                 del step_acts, active
     finally:
-        acts.__dict__.pop("_fs_cache", None)
+        fs_cache.clear()
         if moved_from is not None:
             sae.to(moved_from)
     counts = np.concatenate([p[2] for p in parts])
@@ -497,6 +577,8 @@ def evolve(
     settings = dict(k=k, layers=layers, max_tokens=max_tokens, postnorm=postnorm, method=method, device=str(device))
     meta = default_metadata(settings)
     meta["saes"] = {str(L): _sae_summary(bank, L) for L in layers}
+    if isinstance(prompt, str):
+        meta["prompt"] = prompt
     return Evolution(
         tokens=strs,
         token_ids=[int(t) for t in ids],
@@ -576,5 +658,5 @@ def evolve_many(
                     f"{path} holds another prompt or other settings (k={done.k}, layers={done.layers}, "
                     f"postnorm={done.postnorm}); use another output folder or --overwrite"
                 )
-        evolve(model, bank, tok, progress=False, **kwargs).save(path)
+        evolve(model, bank, prompt, progress=False, **kwargs).save(path)
     return paths

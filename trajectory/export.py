@@ -24,7 +24,9 @@ How each format keeps what it cannot express natively
 - **Node-link JSON** (``networkx.node_link_data`` with ``edges="edges"``) keeps
   every JSON type; node ids that are tuples come back as tuples (JSON writes them as
   lists; lists cannot be node ids, so every list id is a tuple). Tuples *inside*
-  attribute values come back as lists.
+  attribute values come back as lists. When an attribute is itself called ``id``,
+  ``source`` or ``target``, the ids go under ``_id`` (etc.) and a top-level
+  ``trajectory_export`` object names the keys used.
 
 Files without the export record (written by other tools) are read as the format gives
 them.
@@ -50,6 +52,23 @@ _GEXF_RESERVED = {
     "node": {"id", "label", "pid", "start", "end", "viz", "parents", "spells", "slices"},
     "edge": {"id", "label", "weight", "type", "start", "end", "key", "spells", "slices"},
 }
+
+
+_LINK_KEYS = {"name": "id", "source": "source", "target": "target"}
+
+
+def _link_keys(g: nx.Graph) -> dict[str, str]:
+    """node-link key names that no node/edge attribute uses ("id", else "_id", "__id", ...)."""
+    node_attrs = {k for _, d in g.nodes(data=True) for k in d}
+    edge_attrs = {k for *_, d in g.edges(data=True) for k in d}
+    keys = {}
+    for role, base in _LINK_KEYS.items():
+        taken = node_attrs if role == "name" else edge_attrs
+        name = base
+        while name in taken:
+            name = "_" + name
+        keys[role] = name
+    return keys
 
 
 def _format_of(path: Path, format: str | None) -> str:
@@ -95,7 +114,12 @@ def _check_graph(g: nx.Graph) -> None:
         raise TypeError(f"export_graph needs a networkx graph, not {type(g).__name__}")
     if g.is_multigraph():
         raise ValueError("export_graph writes Graph and DiGraph; convert a multigraph first (nx.DiGraph(g))")
-    for scope, items in (("graph", [g.graph]), ("node", (d for _, d in g.nodes(data=True))), ("edge", (d for *_, d in g.edges(data=True)))):
+    scopes = {
+        "graph": [g.graph],
+        "node": (d for _, d in g.nodes(data=True)),
+        "edge": (d for *_, d in g.edges(data=True)),
+    }
+    for scope, items in scopes.items():
         for d in items:
             bad = [k for k in d if not isinstance(k, str)]
             if bad:
@@ -117,7 +141,11 @@ def _encoded_copy(g: nx.Graph, *, gexf: bool) -> tuple[nx.Graph, dict[str, Any]]
     """A copy with string node ids and scalar attributes, plus the export record."""
     node_data = [d for _, d in g.nodes(data=True)]
     edge_data = [d for *_, d in g.edges(data=True)]
-    enc = {"graph": _to_encode([g.graph]) if not gexf else set(), "node": _to_encode(node_data), "edge": _to_encode(edge_data)}
+    enc = {
+        "graph": set() if gexf else _to_encode([g.graph]),  # GEXF keeps graph attributes as JSON in <meta>
+        "node": _to_encode(node_data),
+        "edge": _to_encode(edge_data),
+    }
     renamed: dict[str, dict[str, str]] = {"node": {}, "edge": {}}
     if gexf:
         for scope, dicts in (("node", node_data), ("edge", edge_data)):
@@ -203,7 +231,10 @@ def export_graph(g: nx.Graph, path: str | Path, format: str | None = None) -> Pa
     path = Path(path)
     fmt = _format_of(path, format)
     if fmt == "json":
-        data = nx.node_link_data(g, edges="edges")
+        keys = _link_keys(g)
+        data = nx.node_link_data(g, edges="edges", **keys)
+        if keys != _LINK_KEYS:  # an attribute is called "id"/"source"/"target": say which keys hold the ids
+            data[MARKER] = dict(_RECORD, link_keys=keys)
         with atomic_write(path) as fh:
             json.dump(_plain(data), fh, ensure_ascii=False, allow_nan=True)
         return path
@@ -241,11 +272,13 @@ def read_graph(path: str | Path, format: str | None = None) -> nx.Graph:
         if fmt == "json":
             with open(path, encoding="utf-8") as fh:
                 data = json.load(fh)
+            keys = dict(data.pop(MARKER, {}).get("link_keys", _LINK_KEYS))
+            name, source, target = keys["name"], keys["source"], keys["target"]
             for node in data.get("nodes", []):
-                node["id"] = _tuples(node["id"])
+                node[name] = _tuples(node[name])
             for edge in data.get("edges", []):
-                edge["source"], edge["target"] = _tuples(edge["source"]), _tuples(edge["target"])
-            return nx.node_link_graph(data, edges="edges")
+                edge[source], edge[target] = _tuples(edge[source]), _tuples(edge[target])
+            return nx.node_link_graph(data, edges="edges", **keys)
         if fmt == "graphml":
             h = nx.read_graphml(str(path), node_type=str)
             if MARKER not in h.graph:

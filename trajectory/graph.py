@@ -86,7 +86,7 @@ source_token, first_step, explanation`` (None for residual nodes). Edge attribut
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Mapping, Union
+from typing import Any, Callable, Mapping, Union
 
 import networkx as nx
 
@@ -218,7 +218,8 @@ def graph_for_prefix(
     for every layer, nodes ``(n-1, L)`` for every computed layer plus the sources.
     Attributes as in the module docstring."""
     _validate(evo, T, through)
-    evo._check_n(n)
+    if n not in evo.prefix_lengths:
+        raise ValueError(f"prefix length {n} out of range: this prompt has lengths 2..{evo.n_tokens}")
     news, explain = _Newcomers(evo, T, through), _explainer(explanations)
     g = nx.DiGraph(**_graph_attrs(evo, "trajectory", T, through, include_bos))
     q = n - 1

@@ -29,6 +29,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 __all__ = ["Newcomer", "find_newcomers", "all_newcomers"]
 
 Through = Literal["attention", "mlp"]
@@ -90,40 +92,47 @@ def find_newcomers(evo, n: int, layer: int, *, T: int = 22, through: Through = "
     Returns
     -------
     list of :class:`Newcomer`, sorted by final rank.
+
+    Examples
+    --------
+    >>> from trajectory.evolution import Evolution
+    >>> steps = [([1], [1.0]),          # initial
+    ...          ([1, 5], [2.0, 1.0]),  # after key 0: 5 enters
+    ...          ([9, 1, 5], [3.0, 2.0, 1.0]),  # after key 1 (last attention step): 9 enters
+    ...          ([9, 5], [3.0, 1.0])]  # mlp
+    >>> evo = Evolution.from_lists(["<bos>", "a"], {(2, 0): steps}, k=3)
+    >>> [(c.feature, c.source_token, c.final_rank) for c in find_newcomers(evo, 2, 0, T=3)]
+    [(9, 1, 1), (5, 0, 3)]
     """
     _check(T, through)
     final = evo.step_index(n, "last_attention" if through == "attention" else "mlp")
-    initial = {int(i) for i in evo.topk(n, layer, 0)[0].tolist()}
     idx, val = evo.topk(n, layer, final)
-    candidates: dict[int, tuple[int, float]] = {}
-    for rank, (f, a) in enumerate(zip(idx.tolist()[: int(T)], val.tolist()[: int(T)]), start=1):
-        if int(f) not in initial:
-            candidates[int(f)] = (rank, float(a))
+    idx, val = idx[: int(T)], val[: int(T)]
+    ranks = np.arange(1, idx.size + 1)
+    keep = ~np.isin(idx, evo.topk(n, layer, 0)[0])  # absent from step 0's top-k
+    cand, cand_rank, cand_act = idx[keep], ranks[keep], val[keep]
     out: list[Newcomer] = []
-    if not candidates:
+    if cand.size == 0:
         return out
-    first: dict[int, int] = {}
+    first = np.zeros(cand.size, dtype=np.int64)  # 0 = not seen yet
     for s in range(1, final + 1):
-        present = set(evo.topk(n, layer, s)[0].tolist())
-        for f in candidates:
-            if f not in first and f in present:
-                first[f] = s
-        if len(first) == len(candidates):
+        first[(first == 0) & np.isin(cand, evo.topk(n, layer, s)[0])] = s
+        if first.all():
             break
     mlp_step = n + 1
-    for f, (rank, act) in candidates.items():
-        s = first[f]  # the final step holds f, so it has a first step
+    for f, s, rank, act in zip(cand.tolist(), first.tolist(), cand_rank.tolist(), cand_act.tolist()):
+        # s >= 1 always: the final step itself holds f
         via = "mlp" if s == mlp_step else "attention"
         out.append(
             Newcomer(
                 n=int(n),
                 layer=int(layer),
-                feature=f,
-                first_step=s,
-                source_token=None if via == "mlp" else s - 1,
+                feature=int(f),
+                first_step=int(s),
+                source_token=None if via == "mlp" else int(s) - 1,
                 via=via,
-                final_rank=rank,
-                activation=act,
+                final_rank=int(rank),
+                activation=float(act),
             )
         )
     out.sort(key=lambda c: (c.final_rank, c.feature))
@@ -137,4 +146,8 @@ def all_newcomers(evo, *, T: int = 22, through: Through = "attention") -> dict[t
     ``n = 2..N`` and every computed layer.
     """
     _check(T, through)
-    return {(n, layer): find_newcomers(evo, n, layer, T=T, through=through) for layer in evo.layers for n in evo.prefix_lengths}
+    return {
+        (n, layer): find_newcomers(evo, n, layer, T=T, through=through)
+        for layer in evo.layers
+        for n in evo.prefix_lengths
+    }

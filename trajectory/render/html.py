@@ -49,8 +49,10 @@ def _feature_lines(view: GraphView, feats: Iterable[Mapping[str, Any]], *, with_
             head += f" (step {int(f['first_step'])})"
         lines.append(f"<b>{head}</b>")
         expl = f.get("explanation")
-        text = wrap(expl, 80) if expl else ["(no explanation)"]
-        lines.extend("&nbsp;&nbsp;&nbsp;" + html_text(t) for t in text[:3])
+        if expl:  # a missing explanation just leaves the line out
+            text = wrap(expl, 80)
+            text = text[:3] if len(text) <= 3 else text[:2] + [text[2] + " …"]
+            lines.extend("&nbsp;&nbsp;&nbsp;" + html_text(t) for t in text)
     if len(feats) > MAX_HOVER_FEATURES:
         lines.append(f"… and {len(feats) - MAX_HOVER_FEATURES} more")
     return lines

@@ -12,7 +12,15 @@ import warnings
 from pathlib import Path
 
 from trajectory.io import atomic_path
-from trajectory.render.style import GraphView, display_token, layer_label, prompt_text, rank_colour_stops, rank_ticks
+from trajectory.render.style import (
+    GraphView,
+    display_token,
+    layer_label,
+    prompt_text,
+    rank_colour_stops,
+    rank_ticks,
+    wrap,
+)
 
 #: Font families tried in order; matplotlib falls back along the list per glyph.
 _FONT_CANDIDATES = (
@@ -155,9 +163,11 @@ def render_png(g, path: str | Path, *, title: str | None = None, dpi: int = 150)
         for spine in ("top", "right"):
             ax.spines[spine].set_visible(False)
         ax.grid(axis="y", color="#eeeeee", lw=0.6, zorder=0)
-        head = title if title is not None else (prompt_text(view.tokens, max_len=140) or "trajectory graph")
-        ax.set_title(f"{display_token(head, max_len=200, renderable=_renderable, mark_spaces=False)}\n{view.subtitle()}",
-                     fontsize=11, loc="left")
+        head = title if title is not None else (prompt_text(view.tokens, max_len=240) or "trajectory graph")
+        head = display_token(head, max_len=400, renderable=_renderable, mark_spaces=False)
+        lines = wrap(head, int(fig.get_figwidth() * 9.5))
+        head = "\n".join(lines[:2]) + (" …" if len(lines) > 2 else "")
+        ax.set_title(f"{head}\n{view.subtitle()}", fontsize=11, loc="left")
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")
     return path

@@ -95,7 +95,10 @@ def rank_colour_stops() -> list[tuple[float, str]]:
 
 def prompt_text(tokens: Sequence[str], *, skip_bos: bool = True, max_len: int = 160) -> str:
     """The prompt as one visible line (BOS left out), for titles."""
-    body = "".join(str(t) for t in (tokens[1:] if skip_bos and len(tokens) > 1 else tokens))
+    toks = [str(t) for t in (tokens[1:] if skip_bos and len(tokens) > 1 else tokens)]
+    # sub-word tokenizers carry their own spaces (" the", "▁the"); word-level ones do not
+    spaced = any(c.isspace() or c == "▁" for t in toks for c in t[:1] + t[-1:])
+    body = "".join(toks).replace("▁", " ") if spaced else " ".join(toks)
     body = body.strip(" ") or body
     return display_token(body, max_len=max_len, mark_spaces=False) if body else ""
 

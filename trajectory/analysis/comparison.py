@@ -1,0 +1,108 @@
+"""Real versus synthetic activations, per feature and in summary.
+
+File format (:meth:`Comparison.save`): JSON ``{"format": "trajectory-feature-comparison",
+"version": 1, "hook_name", "model_name", "rows": [...], "summary": {...}}``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trajectory.analysis.stats import FeatureReport
+
+COMPARISON_FORMAT = "trajectory-feature-comparison"
+
+
+@dataclass
+class ComparisonRow:
+    """One feature: best real activation, synthetic activation, their ratio.
+
+    ``ratio`` = synthetic / best real (``None`` when the feature never fired on the
+    corpus); ``exceeds``: the synthetic activation is at least the best real one.
+    """
+
+    feature: int
+    best_real: float
+    synthetic: float
+    ratio: float | None
+    exceeds: bool
+    density: float
+    real_example: str = ""
+    synthetic_example: str = ""
+
+
+@dataclass
+class Comparison:
+    """Per-feature rows and a summary (``n_features``, ``n_exceeds``, ``share_exceeds``,
+    ``median_ratio``, ``max_ratio``, ``features_exceeding``, ``never_fired``)."""
+
+    rows: list[ComparisonRow]
+    summary: dict[str, Any] = field(default_factory=dict)
+    hook_name: str = ""
+    model_name: str = ""
+
+    def save(self, path: str | Path) -> Path:
+        from trajectory.io import atomic_write
+
+        doc = {"format": COMPARISON_FORMAT, "version": 1, "hook_name": self.hook_name, "model_name": self.model_name,
+               "rows": [asdict(r) for r in self.rows], "summary": self.summary}
+        with atomic_write(path) as fh:
+            json.dump(doc, fh, ensure_ascii=False, indent=1)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Comparison":
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        if doc.get("format") != COMPARISON_FORMAT:
+            raise ValueError(f"{path} is not a trajectory feature comparison")
+        return cls(rows=[ComparisonRow(**r) for r in doc["rows"]], summary=doc["summary"],
+                   hook_name=doc.get("hook_name", ""), model_name=doc.get("model_name", ""))
+
+
+def _snippet(stats, width: int = 6) -> str:
+    if not stats.examples:
+        return ""
+    e = stats.examples[0]
+    lo = max(0, e.peak - width)
+    return "".join(e.tokens[lo : e.peak + 1])
+
+
+def compare(real_report: FeatureReport, synthetic_report: FeatureReport) -> Comparison:
+    """Compare a ``"real"`` and a ``"synthetic"`` report on the features they share.
+
+    Raises ``ValueError`` when the modes are wrong, the reports read different hooks,
+    or they share no feature.
+    """
+    if real_report.mode != "real" or synthetic_report.mode != "synthetic":
+        raise ValueError(f"compare needs a real and a synthetic report, got {real_report.mode!r} and {synthetic_report.mode!r}")
+    if real_report.hook_name and synthetic_report.hook_name and real_report.hook_name != synthetic_report.hook_name:
+        raise ValueError(f"the reports read different hooks: {real_report.hook_name} vs {synthetic_report.hook_name}")
+    shared = sorted(set(real_report) & set(synthetic_report))
+    if not shared:
+        raise ValueError("the real and synthetic reports share no feature; run both on the same --features")
+    rows = []
+    for f in shared:
+        r, s = real_report[f], synthetic_report[f]
+        best = float(r.max_activation)
+        syn = float(s.synthetic_activation if s.synthetic_activation is not None else s.max_activation)
+        ratio = syn / best if best > 0 else None
+        rows.append(ComparisonRow(feature=f, best_real=best, synthetic=syn, ratio=ratio,
+                                  exceeds=syn >= best and syn > 0, density=float(r.density),
+                                  real_example=_snippet(r), synthetic_example=_snippet(s)))
+    ratios = sorted(r.ratio for r in rows if r.ratio is not None)
+    exceeding = [r.feature for r in rows if r.exceeds]
+    summary = {
+        "n_features": len(rows),
+        "n_exceeds": len(exceeding),
+        "share_exceeds": len(exceeding) / len(rows),
+        "median_ratio": (ratios[len(ratios) // 2] if len(ratios) % 2 else (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2) if ratios else None,
+        "max_ratio": ratios[-1] if ratios else None,
+        "features_exceeding": exceeding,
+        "far_above": [r.feature for r in rows if r.ratio is not None and r.ratio >= 2.0],
+        "never_fired": [r.feature for r in rows if r.ratio is None],
+    }
+    summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
+    return Comparison(rows=rows, summary=summary, hook_name=real_report.hook_name, model_name=real_report.model_name)
