@@ -16,16 +16,23 @@ fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 STAMP="$VENV/.trajectory-installed"
-WANT="$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1) $EXTRAS ${TRAJECTORY_TORCH_SPEC:-}"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
-    echo "[setup] environment up to date ($VENV)"
+HASH="$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1) ${TRAJECTORY_TORCH_SPEC:-}"
+# The stamp holds the install's hash on line 1 and its extras on line 2. Asking for a
+# subset of what is installed changes nothing (run.sh after test.sh does not reinstall);
+# otherwise install the union, so the two commands never undo each other.
+HAVE_HASH="$( [ -f "$STAMP" ] && sed -n 1p "$STAMP" || true)"
+HAVE_EXTRAS="$( [ -f "$STAMP" ] && sed -n 2p "$STAMP" || true)"
+[ "$HAVE_HASH" = "$HASH" ] || HAVE_EXTRAS=""
+ALL="$(printf '%s\n' ${HAVE_EXTRAS//,/ } ${EXTRAS//,/ } | sort -u | paste -sd, -)"
+if [ -n "$HAVE_EXTRAS" ] && [ "$ALL" = "$(printf '%s\n' ${HAVE_EXTRAS//,/ } | sort -u | paste -sd, -)" ]; then
+    echo "[setup] environment up to date ($VENV, extras: $HAVE_EXTRAS)"
 else
     python -m pip install --quiet --upgrade pip
     if ! python -c "import torch" 2>/dev/null || [ -n "${TRAJECTORY_TORCH_SPEC:-}" ]; then
         echo "[setup] installing ${TRAJECTORY_TORCH_SPEC:-torch==2.13.0}"
         python -m pip install --quiet "${TRAJECTORY_TORCH_SPEC:-torch==2.13.0}"
     fi
-    echo "[setup] installing trajectory[$EXTRAS]"
-    python -m pip install --quiet -e "$ROOT[$EXTRAS]"
-    echo "$WANT" > "$STAMP"
+    echo "[setup] installing trajectory[$ALL]"
+    python -m pip install --quiet -e "$ROOT[$ALL]"
+    printf '%s\n%s\n' "$HASH" "$ALL" > "$STAMP"
 fi

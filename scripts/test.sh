@@ -11,5 +11,7 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 source scripts/setup_env.sh offline,test
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# the browser tests fail (not skip) when Chromium is missing: this script installs it
+export TRAJECTORY_REQUIRE_BROWSER=1
 mkdir -p test-artifacts
 python -m pytest -q -ra "$@"

@@ -6,7 +6,9 @@ beyond file://), that hovering a node with the mouse shows its newcomer features
 their explanation, that a ``<script>`` token shows as text and never runs, and that
 zooming works. Screenshots go to ``test-artifacts/``.
 
-Without Chromium the tests skip, except in CI (``CI=true``) where they fail.
+Without Chromium the tests skip, except where the browser is required — under
+``scripts/test.sh`` (which installs it and sets ``TRAJECTORY_REQUIRE_BROWSER=1``) and in
+CI (``CI=true``) — where they fail.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ EXPLANATION = "mentions of darkness & lights " + XSS
 
 
 def _missing(reason: str):
-    if os.environ.get("CI") == "true":
+    if os.environ.get("CI") == "true" or os.environ.get("TRAJECTORY_REQUIRE_BROWSER") == "1":
         pytest.fail(f"{reason}; CI must run the browser tests (install Debian's `chromium` package: "
                     "apt-get install chromium)", pytrace=False)
     pytest.skip(reason)

@@ -275,6 +275,15 @@ def test_evolve_many_resumes_after_interruption(tiny_model, tiny_bank, tmp_path,
     assert len(calls) == 1 and Evolution.load(paths[2]).k == 5
     with pytest.raises(ValueError, match="other settings.*--overwrite"):
         evolve_many(tiny_model, tiny_bank, prompts, tmp_path, k=7, progress=False)
+    # same prompts and settings, other SAEs: the old files are not silently kept
+    from trajectory.testing import tiny_bank as make_bank
+
+    other = make_bank(tiny_model, seed=7, d_sae=32)
+    with pytest.raises(ValueError, match="SAE bank.*--overwrite"):
+        evolve_many(tiny_model, other, prompts, tmp_path, k=5, progress=False)
+    calls.clear()
+    evolve_many(tiny_model, other, prompts, tmp_path, k=5, progress=False, overwrite=True)
+    assert len(calls) == 3 and Evolution.load(paths[0]).metadata["saes"]["0"]["d_sae"] == 32
 
 
 # ------------------------------------------------------------------------- CLI

@@ -80,3 +80,36 @@ def test_corrupt_file_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not a file")
     with pytest.raises(ValueError, match="not a readable trajectory evolution file"):
         Evolution.load(bad)
+
+
+def test_step_labels_stored_for_other_readers(evo, tmp_path):
+    from safetensors import safe_open
+
+    path = evo.save(tmp_path / "evo.safetensors")
+    with safe_open(str(path), framework="numpy") as f:
+        header = json.loads(f.metadata()["trajectory"])
+    assert sorted(int(n) for n in header["steps"]) == list(evo.prefix_lengths)
+    assert header["steps"]["3"] == ["initial", "key 0 '<bos>'", "key 1 'mark'", "key 2 'gave'", "mlp"]
+    assert all(len(header["steps"][str(n)]) == n + 2 for n in evo.prefix_lengths)
+
+
+@pytest.mark.parametrize("damage", ["drop_tensor", "short_offsets", "offsets_past_end"])
+def test_malformed_layout_is_a_clear_error(evo, tmp_path, damage):
+    """A file that parses but whose tensors break the documented layout is refused by name."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    path = evo.save(tmp_path / "evo.safetensors")
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if damage == "drop_tensor":
+        del tensors["L1.values"]
+    elif damage == "short_offsets":
+        tensors["L0.offsets"] = tensors["L0.offsets"][:-3].copy()
+    else:
+        tensors["L2.offsets"] = tensors["L2.offsets"].copy()
+        tensors["L2.offsets"][-1] += 5
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(ValueError, match=r"not a valid trajectory evolution file.*re-run `trajectory evolve`"):
+        Evolution.load(path)

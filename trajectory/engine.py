@@ -577,6 +577,9 @@ def evolve(
     settings = dict(k=k, layers=layers, max_tokens=max_tokens, postnorm=postnorm, method=method, device=str(device))
     meta = default_metadata(settings)
     meta["saes"] = {str(L): _sae_summary(bank, L) for L in layers}
+    if getattr(bank, "path", None) is not None:
+        # stage 3 finds the bank's own explanations (locally trained SAEs) through this
+        meta["bank"] = str(Path(bank.path).resolve())
     if isinstance(prompt, str):
         meta["prompt"] = prompt
     return Evolution(
@@ -638,6 +641,8 @@ def evolve_many(
     postnorm = kwargs.get("postnorm", "per_partial_sum")
     layers = check_bank(model, bank, kwargs.get("layers"))
     kwargs["layers"] = layers
+    model_name = str(getattr(bank, "model_name", "") or model.cfg.model_name)
+    saes = {str(L): _sae_summary(bank, L) for L in layers}
     # validate every prompt before spending time on any
     ids = [prompt_tokens(model, p, max_tokens)[0] for p in prompts]
     paths = [out_dir / f"prompt_{i:04d}.safetensors" for i in range(len(prompts))]
@@ -652,11 +657,13 @@ def evolve_many(
             if done is not None:
                 same_prompt = done.token_ids == [int(t) for t in tok]
                 same_settings = done.k == k and done.layers == layers and (done.postnorm in (postnorm, "none"))
-                if same_prompt and same_settings:
+                same_saes = done.model_name == model_name and done.metadata.get("saes") == saes
+                if same_prompt and same_settings and same_saes:
                     continue
                 raise ValueError(
-                    f"{path} holds another prompt or other settings (k={done.k}, layers={done.layers}, "
-                    f"postnorm={done.postnorm}); use another output folder or --overwrite"
+                    f"{path} holds another prompt, model, SAE bank or other settings (k={done.k}, "
+                    f"layers={done.layers}, postnorm={done.postnorm}, model={done.model_name!r}); "
+                    "use another output folder or --overwrite"
                 )
         evolve(model, bank, prompt, progress=False, **kwargs).save(path)
     return paths

@@ -28,7 +28,8 @@ Tensors, one group per layer L, rows ordered by ``(n, step)`` with n ascending::
 with ``rows = Σ_{n=2..N} (n + 2)``. The safetensors header metadata holds one key,
 ``"trajectory"``: a JSON object with ``format`` (``"trajectory-evolution"``),
 ``format_version``, ``tokens`` (strings), ``token_ids``, ``model_name``, ``preset``,
-``layers``, ``k``, ``postnorm`` (how partial sums were normalised), ``created``,
+``layers``, ``k``, ``postnorm`` (how partial sums were normalised), ``steps`` (the step
+labels of every prefix length, ``{"n": ["initial", "key 0 '<bos>'", ..., "mlp"]}``), ``created``,
 ``versions`` (package and library versions) and ``settings``. Any safetensors reader
 (Python, Rust, JS) can open it; no model is needed.
 """
@@ -254,6 +255,7 @@ class Evolution:
             layers=[int(x) for x in self.layers],
             k=int(self.k),
             postnorm=self.postnorm,
+            steps={str(n): self.steps(n) for n in self.prefix_lengths},
             **{k: v for k, v in self.metadata.items() if k not in _HEADER_KEYS},
         )
 
@@ -297,15 +299,12 @@ class Evolution:
             ) from None
         if header.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(f"{path} has format version {header['format_version']}; upgrade trajectory to read it")
-        rows = {
-            int(layer): LayerRows(
-                indices=tensors[f"L{layer}.indices"],
-                values=tensors[f"L{layer}.values"],
-                offsets=tensors[f"L{layer}.offsets"],
-                n_active=tensors[f"L{layer}.n_active"],
-            )
-            for layer in header["layers"]
-        }
+        try:
+            rows = {int(layer): _checked_rows(tensors, int(layer), len(header["tokens"])) for layer in header["layers"]}
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ValueError(
+                f"{path} is not a valid trajectory evolution file ({exc}); re-run `trajectory evolve` to recreate it"
+            ) from None
         metadata = {k: v for k, v in header.items() if k not in _HEADER_KEYS}
         return cls(
             tokens=header["tokens"],
@@ -331,7 +330,30 @@ class Evolution:
         )
 
 
-_HEADER_KEYS = {"format", "format_version", "tokens", "token_ids", "model_name", "preset", "layers", "k", "postnorm"}
+def _checked_rows(tensors: dict[str, np.ndarray], layer: int, N: int) -> LayerRows:
+    """One layer's rows from a file's tensors, with the layout checked (see module docstring)."""
+    try:
+        r = LayerRows(
+            indices=tensors[f"L{layer}.indices"],
+            values=tensors[f"L{layer}.values"],
+            offsets=tensors[f"L{layer}.offsets"],
+            n_active=tensors[f"L{layer}.n_active"],
+        )
+    except KeyError as exc:
+        raise ValueError(f"tensor {exc.args[0]} is missing") from None
+    n_rows = row_offset(N + 1)
+    if r.offsets.shape != (n_rows + 1,) or r.n_active.shape != (n_rows,):
+        raise ValueError(f"layer {layer} has {r.offsets.size - 1} rows; {N} tokens need {n_rows}")
+    if r.indices.shape != r.values.shape or r.offsets[0] != 0 or r.offsets[-1] != r.indices.size:
+        raise ValueError(f"layer {layer}: offsets do not match its {r.indices.size} indices/values")
+    if np.any(np.diff(r.offsets) < 0):
+        raise ValueError(f"layer {layer}: offsets are not ascending")
+    return r
+
+
+_HEADER_KEYS = {
+    "format", "format_version", "tokens", "token_ids", "model_name", "preset", "layers", "k", "postnorm", "steps",
+}
 
 
 def default_metadata(settings: dict[str, Any] | None = None) -> dict[str, Any]:

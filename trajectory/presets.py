@@ -6,7 +6,7 @@ its SAEs are trained locally by :mod:`trajectory.training`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 DEFAULT_PRESET = "offline"
 
@@ -25,7 +25,6 @@ class Preset:
         neuronpedia_model / neuronpedia_source_template: Neuronpedia ids, the source
             formatted with ``layer`` (``None`` when Neuronpedia has no such SAEs).
         model_source: ``"offline-gguf"`` for the PyPI GGUF copy, ``"hub"`` otherwise.
-        training: hyper-parameters for locally trained SAEs (``offline`` only).
         description: one line for ``trajectory presets``.
     """
 
@@ -38,7 +37,6 @@ class Preset:
     neuronpedia_model: str | None = None
     neuronpedia_source_template: str | None = None
     model_source: str = "hub"
-    training: dict = field(default_factory=dict)
     description: str = ""
 
     def hook_name(self, layer: int) -> str:
@@ -69,7 +67,6 @@ PRESETS: dict[str, Preset] = {
             model_name="google/gemma-3-270m",
             n_layers=18,
             model_source="offline-gguf",
-            training=dict(d_sae=4096, k=32, architecture="topk"),
             description="Gemma 3 270M from PyPI (GGUF, dequantised to fp32) + SAEs trained locally; no network",
         ),
         Preset(
@@ -98,9 +95,13 @@ PRESETS: dict[str, Preset] = {
             n_layers=18,
             sae_release="gemma-scope-2-270m-pt-res-all",
             sae_id_template="layer_{layer}_width_16k_l0_small",
-            neuronpedia_model="gemma-3-270m",
-            neuronpedia_source_template="{layer}-gemmascope-2-res-16k",
-            description="Gemma 3 270M + Gemma Scope 2 residual SAEs, 16k l0_small (Hugging Face access)",
+            # Neuronpedia hosts only the l0_medium SAEs of layers 5, 9, 12, 15 (release
+            # gemma-scope-2-270m-pt-res), not these: a template would name other SAEs'
+            # explanations. Ids come from sae-lens's directory when it has them.
+            neuronpedia_model=None,
+            neuronpedia_source_template=None,
+            description="Gemma 3 270M + Gemma Scope 2 residual SAEs, 16k l0_small (Hugging Face access; "
+            "no Neuronpedia explanations)",
         ),
     ]
 }

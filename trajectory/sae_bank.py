@@ -42,6 +42,8 @@ if TYPE_CHECKING:  # pragma: no cover
 BANK_FORMAT = "trajectory-sae-bank"
 BANK_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+#: Banks up to this size are sha256-checked at every :meth:`SAEBank.open` by default.
+SHA256_AUTO_BYTES = 2 * 1024**3
 
 _ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
 
@@ -301,7 +303,7 @@ class SAEBank(Mapping):
         dtype: str | None = None,
         device: str = "cpu",
         layers: Sequence[int] | None = None,
-        verify: bool | str = "sha256",
+        verify: bool | str = "auto",
         explanations: bool = True,
     ) -> "SAEBank":
         """Open a bank written by :meth:`save`.
@@ -311,8 +313,12 @@ class SAEBank(Mapping):
             dtype: cast the SAEs to this dtype (default: as stored, no copy).
             device: where the SAEs live (``"cpu"`` keeps them memory-mapped from disk).
             layers: a subset of layers (default: all in the bank).
-            verify: ``"sha256"`` (default) checks sizes and checksums, ``"size"`` only
-                sizes and headers, ``False`` nothing beyond parsing.
+            verify: ``"sha256"`` checks sizes, headers and checksums; ``"size"`` only
+                sizes and headers (catches truncation, not flipped bits); ``False``
+                nothing beyond parsing; ``"auto"`` (default) is ``"sha256"`` for banks up
+                to :data:`SHA256_AUTO_BYTES` (the offline bank: a few hundred MB, hashed
+                in well under a second) and ``"size"`` above (hashing the 31 GB of a 65k
+                Gemma Scope bank would take a minute at every open).
             explanations: also read the per-layer explanations.
 
         Raises:
@@ -343,6 +349,9 @@ class SAEBank(Mapping):
             n_el = sum(_numel(s) for s in m["tensors"].values())
             need += n_el * _ITEMSIZE.get(str(dtype or m["dtype"]).replace("torch.", ""), 4)
         check_memory(need, what=f"opening {len(layers)} layer(s) of the SAE bank at {path}", device=device)
+        if verify == "auto":
+            on_disk = sum(int(manifest["layers"][str(x)].get("bytes", 0)) for x in layers)
+            verify = "sha256" if on_disk <= SHA256_AUTO_BYTES else "size"
 
         entries: dict[int, BankEntry] = {}
         for x in layers:

@@ -79,10 +79,10 @@ def open_bank(preset_name: str, bank_dir: str | Path | None, *, layers=None, dev
 
     preset = get_preset(preset_name)
     folder = Path(bank_dir) if bank_dir else RESULTS_DIR / "banks" / preset.name
-    if folder.exists() and hasattr(SAEBank, "open"):
+    if folder.exists():
         kwargs = {k: v for k, v in dict(device=device, dtype=dtype).items() if v is not None}
-        return SAEBank.open(folder, **kwargs)
-    if bank_dir is None and preset.sae_release and hasattr(SAEBank, "from_preset"):
+        return SAEBank.open(folder, layers=layers, **kwargs)
+    if bank_dir is None and preset.sae_release:
         return SAEBank.from_preset(preset.name, layers=layers)
     raise FileNotFoundError(
         f"no SAE bank at {folder}; run `trajectory preload --preset {preset.name}` first"
