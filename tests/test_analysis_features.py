@@ -55,3 +55,7 @@ def test_report_roundtrip(tmp_path):
         FeatureReport.load(tmp_path / "bad.json")
     with pytest.raises(FileNotFoundError, match="trajectory real"):
         FeatureReport.load(tmp_path / "missing.json")
+    # one feature on its own
+    assert FeatureStats.load(s.save(tmp_path / "f3.json")) == s
+    with pytest.raises(ValueError, match="FeatureReport.load"):
+        FeatureStats.load(path)

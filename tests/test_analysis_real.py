@@ -111,3 +111,13 @@ def test_corpus_as_documents_and_bad_features(tiny_model):
     assert rep.feature_ids == [0, 1, 2] and rep.n_tokens > 0 and rep.corpus == "documents"
     with pytest.raises(ValueError, match="64 features"):
         real(tiny_model, sae, "60-70", CORPUS_SENTENCES, progress=False)
+
+
+def test_sae_of_another_width_is_a_clear_error_in_the_python_api(tiny_model):
+    from trajectory.analysis import synthetic
+
+    wrong = random_sae(48, 16, seed=1, hook_name=HOOK)  # the tiny model's residual stream is 32 wide
+    with pytest.raises(ValueError, match=r"d_in 48 .*width 32.*another model"):
+        real(tiny_model, wrong, "0-2", CORPUS_SENTENCES, progress=False)
+    with pytest.raises(ValueError, match=r"d_in 48 .*width 32.*another model"):
+        synthetic(tiny_model, wrong, "0", n_steps=2, progress=False)

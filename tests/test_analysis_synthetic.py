@@ -75,8 +75,11 @@ def test_compare_real_and_synthetic(tiny_model, tmp_path):
     c = compare(r, s)
     for row in c.rows:
         assert row.best_real == r[row.feature].max_activation and row.synthetic == s[row.feature].synthetic_activation
-        assert row.exceeds == (row.synthetic >= row.best_real and row.synthetic > 0)
+        assert row.exceeds == (row.best_real > 0 and row.synthetic >= row.best_real)
     assert c.summary["n_exceeds"] == sum(row.exceeds for row in c.rows)
+    fired = [row for row in c.rows if row.best_real > 0]
+    assert c.summary["n_fired_real"] == len(fired)
+    assert c.summary["share_exceeds"] == (c.summary["n_exceeds"] / len(fired) if fired else None)
     from trajectory.analysis import Comparison
 
     assert Comparison.load(c.save(tmp_path / "c.json")) == c

@@ -55,6 +55,10 @@ class BenchRow:
     original_mb: float
     floor_mb: float
     forward_s: float = float("nan")
+    max_abs_diff: float = float("nan")
+    rows_equal: float = float("nan")
+    rows_equal_but_ties: float = float("nan")
+    original_equal: float = float("nan")
 
     @property
     def speedup_vs_original(self) -> float:
@@ -110,29 +114,32 @@ def peak_memory(device: str) -> Iterator[dict]:
         out["mb"] = max(0, max(peak[0], _rss_bytes()) - start) / 2**20
 
 
-def timed(fn: Callable[[], object], device: str, repeats: int = 1) -> tuple[float, float]:
+def timed(fn: Callable[[], object], device: str, repeats: int = 1, clock: str = "wall") -> tuple[float, float]:
     """(best seconds, peak MB) of ``fn`` over ``repeats`` runs.
 
-    On CUDA: wall-clock seconds. On CPU: this process's CPU seconds divided by the
-    number of torch threads, which a machine shared with other jobs disturbs far less
-    than wall-clock time (every method is measured the same way).
+    ``clock="wall"`` (default): wall-clock seconds. ``clock="cpu"`` (CPU only): this
+    process's CPU seconds divided by the number of torch threads, which other jobs on a
+    shared machine disturb less (but which flatters single-threaded Python loops).
     """
     import gc
 
     import torch
 
     cuda = str(device).startswith("cuda")
-    clock = time.perf_counter if cuda else time.process_time
-    scale = 1.0 if cuda else 1.0 / max(1, torch.get_num_threads())
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    use_cpu = clock == "cpu" and not cuda
+    clock_fn = time.process_time if use_cpu else time.perf_counter
+    scale = 1.0 / max(1, torch.get_num_threads()) if use_cpu else 1.0
     best, mb = float("inf"), 0.0
     for _ in range(repeats):
         gc.collect()
         with peak_memory(device) as mem:
-            t = clock()
+            t = clock_fn()
             fn()
             if cuda:
                 torch.cuda.synchronize()
-            best = min(best, (clock() - t) * scale)
+            best = min(best, (clock_fn() - t) * scale)
         mb = max(mb, mem["mb"])
     return best, mb
 
@@ -176,11 +183,19 @@ def original_loop(
 
 
 def naive_floor(
-    model: "HookedTransformer", bank: "SAEBank", tokens: "torch.Tensor", layers: Sequence[int], *, postnorm: str = "per_partial_sum", device: str = "cpu"
+    model: "HookedTransformer",
+    bank: "SAEBank",
+    tokens: "torch.Tensor",
+    layers: Sequence[int],
+    *,
+    postnorm: str = "per_partial_sum",
+    device: str = "cpu",
+    keep: dict | None = None,
 ) -> int:
     """One forward pass + one batched direct encode of all step vectors of each layer.
 
-    Returns the number of step vectors encoded.
+    Returns the number of step vectors encoded; with ``keep`` (a dict), also stores each
+    layer's activations ``[rows, d_sae]`` (rows in the evolution's (n, step) order) in it.
     """
     import torch
 
@@ -196,10 +211,72 @@ def naive_floor(
             pre, post = a.resid_pre.float(), a.resid_post.float()
             X = torch.cat([torch.cat([pre[q][None], pre[q] + P[q, : q + 1], post[q][None]]) for q in range(1, N)])
             sae = bank[L]
-            encoded = sae.encode(X.to(device=sae.W_enc.device, dtype=sae.W_enc.dtype))
-            total += int(encoded.shape[0])
+            home = sae.W_enc.device
+            sae.to(device)  # the floor encodes where the engine does (a no-op on CPU)
+            try:
+                encoded = sae.encode(X.to(device=device, dtype=sae.W_enc.dtype))
+                total += int(encoded.shape[0])
+                if keep is not None:
+                    keep[L] = encoded.cpu()
+            finally:
+                sae.to(home)
             del encoded, X, P
     return total
+
+
+def check_against_direct(evo, model: "HookedTransformer", bank: "SAEBank", tokens: "torch.Tensor",
+                         layers: Sequence[int], *, device: str = "cpu", original: dict | None = None) -> dict:
+    """How far the engine's result ``evo`` is from the direct computation (not timed).
+
+    The floor's activations (the SAE's own ``encode`` of every step vector) go through
+    the same active-only top-k; compared row by row with the engine's lists.
+
+    Returns ``max_abs_diff`` (largest activation difference over kept entries),
+    ``rows_equal`` (share of rows with identical index lists), ``rows_equal_but_ties``
+    (share equal up to swaps of activations within 1e-4 relative), and, with the
+    original loop's output, ``original_active_equal``: share of rows whose active
+    features (the original ranked zeros too) the engine lists in the same order.
+    """
+    import numpy as np
+    import torch
+
+    from trajectory.engine import select_active_topk
+
+    enc: dict = {}
+    naive_floor(model, bank, tokens, layers, device=device, keep=enc)
+    N = int(tokens.shape[0])
+    diff, same, same_tie, n_rows, orig_same, orig_rows = 0.0, 0, 0, 0, 0, 0
+    for L in layers:
+        idx, val, counts, _ = select_active_topk(enc[L].float(), evo.k)
+        offs = np.concatenate([[0], np.cumsum(counts)])
+        r = 0
+        for n in range(2, N + 1):
+            for s in range(n + 2):
+                ref_i, ref_v = idx[offs[r]:offs[r + 1]], val[offs[r]:offs[r + 1]]
+                got_i, got_v = evo.topk(n, L, s)
+                n_rows += 1
+                if np.array_equal(ref_i, got_i):
+                    same += 1
+                    same_tie += 1
+                    diff = max(diff, float(np.abs(ref_v - got_v).max(initial=0.0)))
+                elif ref_i.size == got_i.size:
+                    # equal up to near-ties: the same sorted activations, and each feature's
+                    # value (where both have it) agrees
+                    close = np.allclose(np.sort(ref_v), np.sort(got_v), rtol=1e-4, atol=1e-5)
+                    same_tie += bool(close)
+                    diff = max(diff, float(np.abs(np.sort(ref_v) - np.sort(got_v)).max(initial=0.0)))
+                r += 1
+        if original is not None:
+            for n in range(2, N + 1):
+                orig = original[(n, L)]  # [n + 2, k]: indices, zeros ranked too
+                for s in range(n + 2):
+                    got_i, _ = evo.topk(n, L, s)
+                    orig_rows += 1
+                    orig_same += bool(np.array_equal(orig[s, : got_i.size].numpy(), got_i))
+    out = dict(max_abs_diff=diff, rows_equal=same / max(1, n_rows), rows_equal_but_ties=same_tie / max(1, n_rows))
+    if original is not None:
+        out["original_active_equal"] = orig_same / max(1, orig_rows)
+    return out
 
 
 # ------------------------------------------------------------------------ SAEs
@@ -264,9 +341,12 @@ def bench_evolve(
     repeats: int = 1,
     device: str = "cpu",
     skip_original_above: int | None = None,
+    clock: str = "wall",
     log: Callable[[str], None] = print,
 ) -> list[BenchRow]:
-    """Time engine, original loop and floor for every bank and prompt length."""
+    """Time engine, original loop and floor for every bank and prompt length, and check
+    (untimed) that the engine's lists equal the direct computation's
+    (:func:`check_against_direct`)."""
     from trajectory.attention import collect_activations
     from trajectory.engine import evolve
 
@@ -276,10 +356,12 @@ def bench_evolve(
             dirs = _disk_copies(bank, layers, Path(tmp) / name.replace("/", "_"))
             for N in lengths:
                 tokens = prompt_of_length(model, N)
-                evolve(model, bank, tokens, k=k, layers=layers, progress=False, device=device, max_tokens=None)  # warm-up
+                # warm-up (its result is checked below)
+                evo = evolve(model, bank, tokens, k=k, layers=layers, progress=False, device=device, max_tokens=None)
+                orig: dict = {}
                 runs = {
                     "engine": lambda: evolve(model, bank, tokens, k=k, layers=layers, progress=False, device=device, max_tokens=None),
-                    "original": lambda: original_loop(model, dirs, tokens, layers, k=k, device=device),
+                    "original": lambda: orig.update(original_loop(model, dirs, tokens, layers, k=k, device=device)),
                     "floor": lambda: naive_floor(model, bank, tokens, layers, device=device),
                     "forward": lambda: collect_activations(model, tokens, layers),
                 }
@@ -288,12 +370,15 @@ def bench_evolve(
                 best = {method: (float("inf"), 0.0) for method in ("engine", "original", "floor", "forward")}
                 for _ in range(repeats):  # interleaved, so that a busy machine slows all methods alike
                     for method, fn in runs.items():
-                        secs, mb = timed(fn, device)
+                        secs, mb = timed(fn, device, clock=clock)
                         best[method] = (min(best[method][0], secs), max(best[method][1], mb))
                 if "original" not in runs:
                     best["original"] = (float("nan"), float("nan"))
                 (e_s, e_mb), (o_s, o_mb), (f_s, f_mb) = best["engine"], best["original"], best["floor"]
-                row = BenchRow(name, N, len(layers), e_s, o_s, f_s, e_mb, o_mb, f_mb, best["forward"][0])
+                check = check_against_direct(evo, model, bank, tokens, layers, device=device, original=orig or None)
+                row = BenchRow(name, N, len(layers), e_s, o_s, f_s, e_mb, o_mb, f_mb, best["forward"][0],
+                               check["max_abs_diff"], check["rows_equal"], check["rows_equal_but_ties"],
+                               check.get("original_active_equal", float("nan")))
                 log(format_row(row))
                 rows.append(row)
     return rows
@@ -301,7 +386,8 @@ def bench_evolve(
 
 HEADER = (
     f"{'SAEs':<22} {'N':>4} {'engine s':>9} {'original s':>11} {'floor s':>8} "
-    f"{'orig/engine':>11} {'floor/engine':>12} {'peak MB e/o/f':>17} {'forward s':>9}"
+    f"{'orig/engine':>11} {'floor/engine':>12} {'peak MB e/o/f':>17} {'forward s':>9} "
+    f"{'=direct':>8} {'=d ties':>8} {'max|Δ|':>8} {'=orig':>6}"
 )
 
 
@@ -309,12 +395,22 @@ def format_row(r: BenchRow) -> str:
     mem = f"{r.engine_mb:.0f}/{r.original_mb:.0f}/{r.floor_mb:.0f}"
     return (
         f"{r.saes:<22} {r.n_tokens:>4} {r.engine_s:>9.3f} {r.original_s:>11.3f} {r.floor_s:>8.3f} "
-        f"{r.speedup_vs_original:>10.1f}x {r.speedup_vs_floor:>11.2f}x {mem:>17} {r.forward_s:>9.3f}"
+        f"{r.speedup_vs_original:>10.1f}x {r.speedup_vs_floor:>11.2f}x {mem:>17} {r.forward_s:>9.3f} "
+        f"{r.rows_equal:>8.2%} {r.rows_equal_but_ties:>8.2%} {r.max_abs_diff:>8.1e} {r.original_equal:>6.1%}"
     )
 
 
+LEGEND = (
+    "engine/original/floor s: seconds for the same evolution (forward pass included); orig/engine and "
+    "floor/engine: speed-ups (higher is better)\n"
+    "=direct: rows whose top-k list equals the SAE's own encode of the step vectors (same top-k rule); "
+    "=d ties: equal up to reorderings of near-equal activations; max|Δ|: largest activation difference; "
+    "=orig: rows whose active features the original loop lists in the same order"
+)
+
+
 def format_table(rows: Sequence[BenchRow]) -> str:
-    return "\n".join([HEADER] + [format_row(r) for r in rows])
+    return "\n".join([HEADER] + [format_row(r) for r in rows] + ["", LEGEND])
 
 
 def rows_as_dicts(rows: Sequence[BenchRow]) -> list[dict]:

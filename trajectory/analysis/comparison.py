@@ -90,19 +90,23 @@ def compare(real_report: FeatureReport, synthetic_report: FeatureReport) -> Comp
         syn = float(s.synthetic_activation if s.synthetic_activation is not None else s.max_activation)
         ratio = syn / best if best > 0 else None
         rows.append(ComparisonRow(feature=f, best_real=best, synthetic=syn, ratio=ratio,
-                                  exceeds=syn >= best and syn > 0, density=float(r.density),
+                                  exceeds=best > 0 and syn >= best, density=float(r.density),
                                   real_example=_snippet(r), synthetic_example=_snippet(s)))
     ratios = sorted(r.ratio for r in rows if r.ratio is not None)
     exceeding = [r.feature for r in rows if r.exceeds]
+    fired = [r for r in rows if r.best_real > 0]
     summary = {
         "n_features": len(rows),
+        "n_fired_real": len(fired),
         "n_exceeds": len(exceeding),
-        "share_exceeds": len(exceeding) / len(rows),
+        # among features that fired on the corpus: a feature that never fired has no best real activation
+        "share_exceeds": len(exceeding) / len(fired) if fired else None,
         "median_ratio": (ratios[len(ratios) // 2] if len(ratios) % 2 else (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2) if ratios else None,
         "max_ratio": ratios[-1] if ratios else None,
         "features_exceeding": exceeding,
         "far_above": [r.feature for r in rows if r.ratio is not None and r.ratio >= 2.0],
         "never_fired": [r.feature for r in rows if r.ratio is None],
+        "only_synthetic_fires": [r.feature for r in rows if r.ratio is None and r.synthetic > 0],
     }
     summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
     return Comparison(rows=rows, summary=summary, hook_name=real_report.hook_name, model_name=real_report.model_name)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from trajectory.analysis.features import parse_features
 from trajectory.analysis.stats import Example, FeatureReport, FeatureStats
+from trajectory.sae_formats import check_sae_fits
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -235,6 +236,7 @@ def real(
     from tqdm.auto import tqdm
 
     hook = resolve_hook(sae, hook_name)
+    check_sae_fits(sae, model, hook)  # a clear error, not a matmul shape error mid-scan
     feats = parse_features(features, d_sae=int(sae.cfg.d_sae))
     corpus_name, tokens = corpus_tokens(model, corpus, context_length=context_length, max_tokens=max_tokens)
     n_chunks, P = tokens.shape

@@ -28,6 +28,7 @@ from typing import Any, Iterator
 
 REPORT_FORMAT = "trajectory-feature-report"
 REPORT_FORMAT_VERSION = 1
+STATS_FORMAT = "trajectory-feature-stats"
 
 
 @dataclass
@@ -119,6 +120,32 @@ class FeatureStats:
         d["bottom_logits"] = [(str(t), float(v)) for t, v in d.get("bottom_logits", [])]
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    def save(self, path: str | Path) -> Path:
+        """Write this one feature as JSON (atomically): ``{"format":
+        "trajectory-feature-stats", "version": 1, ...fields...}``; returns ``path``.
+        A whole run is saved with :meth:`FeatureReport.save`."""
+        from trajectory.io import atomic_write
+
+        path = Path(path)
+        with atomic_write(path) as fh:
+            json.dump({"format": STATS_FORMAT, "version": REPORT_FORMAT_VERSION, **self.to_dict()}, fh,
+                      ensure_ascii=False, indent=1)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureStats":
+        """Read a file written by :meth:`save`; a clear error on other files."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no feature stats file at {path}")
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path} is not readable feature stats ({exc}); delete it and rerun") from None
+        if not isinstance(doc, dict) or doc.get("format") != STATS_FORMAT:
+            raise ValueError(f"{path} is not a trajectory feature stats file (a whole report? use FeatureReport.load)")
+        return cls.from_dict({k: v for k, v in doc.items() if k not in ("format", "version")})
 
 
 @dataclass

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 from trajectory.analysis.features import parse_features
 from trajectory.analysis.real_activations import _decoder, hook_activations, hook_layer, logit_effects, resolve_hook, sae_info
 from trajectory.analysis.stats import Example, FeatureReport, FeatureStats
+from trajectory.sae_formats import check_sae_fits
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -89,7 +90,9 @@ def synthetic(
         n_steps: Adam steps per feature.
         learning_rate: Adam step size on the logits ``z``.
         restarts: independent random starts, optimised together as one batch.
-        seed: makes the run deterministic (each feature gets ``seed`` + its index).
+        seed: makes the run deterministic (feature ``f`` starts from the generator seeded
+            with ``seed * 1_000_003 + f``, so a feature's result does not depend on which
+            other features are in the run).
         temperature: ``(start, end)`` of the geometric annealing of ``tau``.
         eval_every: project to tokens and measure the real activation this often
             (and after the last step).
@@ -111,6 +114,7 @@ def synthetic(
     if seq_len < 1 or n_steps < 1 or restarts < 1 or eval_every < 1:
         raise ValueError("seq_len, n_steps, restarts and eval_every must all be at least 1")
     hook = resolve_hook(sae, hook_name)
+    check_sae_fits(sae, model, hook)  # a clear error, not a matmul shape error mid-scan
     feats = parse_features(features, d_sae=int(sae.cfg.d_sae))
     if best_real is not None and isinstance(best_real, FeatureReport):
         best_real = {f: s.max_activation for f, s in best_real.items()}

@@ -185,9 +185,10 @@ def _draw_logits(ax, pairs, title: str, color: str) -> None:
     ax.axvline(0, color="black", lw=0.5)
 
 
-def plot_feature(s: FeatureStats, path: str | Path, *, context: str = "") -> Path:
+def plot_feature(s: FeatureStats, path: str | Path, *, context: str = "", final_norm: str = "weight") -> Path:
     """One feature's figure (1400 x 1000 px): statistics, histogram or restarts,
-    coloured token examples, promoted and suppressed tokens."""
+    coloured token examples, promoted and suppressed tokens (``final_norm``: how the
+    logit effects were computed, for the figure's note)."""
     plt = _plt()
     fig = plt.figure(figsize=FEATURE_SIZE)
     gs = fig.add_gridspec(3, 3, height_ratios=[1.0, 1.5, 1.1], hspace=0.45, wspace=0.45)
@@ -225,7 +226,9 @@ def plot_feature(s: FeatureStats, path: str | Path, *, context: str = "") -> Pat
     _draw_logits(fig.add_subplot(gs[2, 2]), s.bottom_logits, "suppressed tokens (logit effect)", "tab:blue")
     ax = fig.add_subplot(gs[2, 1])
     ax.set_axis_off()
-    ax.text(0.5, 0.5, "logit effect =\nfinal-norm weight ⊙ W_dec[f] @ W_U\n(unit scale)", ha="center", va="center",
+    note = ("logit effect =\nfinal-norm weight ⊙ W_dec[f] @ W_U\n(unit scale)" if final_norm == "weight"
+            else "logit effect =\nW_dec[f] @ W_U\n(final norm ignored)")
+    ax.text(0.5, 0.5, note, ha="center", va="center",
             fontsize=9, parse_math=False, transform=ax.transAxes, color="dimgray")
     return _save(fig, Path(path))
 
@@ -315,7 +318,7 @@ def plot_comparison(comparison: "Comparison", path: str | Path) -> Path:
     sm = comparison.summary
     share = sm.get("share_exceeds")
     fig.suptitle(
-        f"real vs synthetic — {comparison.hook_name}: synthetic ≥ best real for {sm.get('n_exceeds')}/{sm.get('n_features')} features"
+        f"real vs synthetic — {comparison.hook_name}: synthetic ≥ best real for {sm.get('n_exceeds')}/{sm.get('n_fired_real', sm.get('n_features'))} features"
         + (f" ({share:.0%})" if share is not None else ""),
         fontsize=13,
     )
@@ -342,7 +345,9 @@ def render_real(report: FeatureReport, out_dir: str | Path, *, features: Iterabl
     """``feature_{N}_real.png`` per feature + ``summary_real.png`` + ``statistics_real.png``."""
     out = Path(out_dir)
     ctx = f"{report.hook_name}, {report.n_tokens:,} tokens of {report.corpus}"
-    paths = [plot_feature(report[f], out / f"feature_{f}_real.png", context=ctx) for f in (features or report.feature_ids)]
+    fn = report.settings.get("final_norm", "weight")
+    paths = [plot_feature(report[f], out / f"feature_{f}_real.png", context=ctx, final_norm=fn)
+             for f in (features or report.feature_ids)]
     paths.append(plot_summary(report, out / "summary_real.png"))
     paths.append(plot_statistics(report, out / "statistics_real.png"))
     return paths
@@ -352,7 +357,9 @@ def render_synthetic(report: FeatureReport, out_dir: str | Path, *, features: It
     """``feature_{N}_synthetic.png`` per feature."""
     out = Path(out_dir)
     ctx = f"{report.hook_name}, {report.settings.get('n_steps')} steps x {report.settings.get('restarts')} restarts"
-    return [plot_feature(report[f], out / f"feature_{f}_synthetic.png", context=ctx) for f in (features or report.feature_ids)]
+    fn = report.settings.get("final_norm", "weight")
+    return [plot_feature(report[f], out / f"feature_{f}_synthetic.png", context=ctx, final_norm=fn)
+            for f in (features or report.feature_ids)]
 
 
 def render_comparison(comparison: "Comparison", out_dir: str | Path) -> list[Path]:

@@ -178,7 +178,11 @@ def run(args) -> int:
         if not args.no_plots:
             written += render_comparison(comparison, out)
         sm = comparison.summary
-        print(f"synthetic >= best real for {sm['n_exceeds']}/{sm['n_features']} features "
-              f"(median ratio {sm['median_ratio'] if sm['median_ratio'] is None else round(sm['median_ratio'], 3)})")
+        never = len(sm["never_fired"])
+        print(f"synthetic >= best real for {sm['n_exceeds']}/{sm['n_fired_real']} features that fired on the corpus"
+              + (f" ({sm['share_exceeds']:.0%})" if sm["share_exceeds"] is not None else "")
+              + f"; median ratio {sm['median_ratio'] if sm['median_ratio'] is None else round(sm['median_ratio'], 3)}"
+              + (f"; {never} never fired on the corpus ({len(sm['only_synthetic_fires'])} of them fire on "
+                 "synthetic input)" if never else ""))
     print(f"wrote {len(written)} file(s) to {out}/")
     return 0

@@ -22,12 +22,15 @@ def register(sub) -> None:
     p.add_argument("--repeats", type=int, default=1, help="runs per measurement, best kept (default: 1)")
     p.add_argument("--bank", default=None, help="also time this SAE bank folder (default: results/banks/<preset> if it exists)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall-clock seconds (default) or CPU seconds per torch thread (steadier on a busy machine)")
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     import json
+    from pathlib import Path
 
     import torch
 
@@ -62,19 +65,24 @@ def run(args) -> int:
     calib = prompt_of_length(model, max(lengths))
     banks = {}
     for width in widths:
-        banks[f"random-{width // 1024}k-l0{args.l0}"] = calibrated_random_bank(model, calib, layers, width, l0=args.l0)
+        banks[f"random-{width // 1024}k-l0{args.l0}" if width >= 1024 else f"random-{width}-l0{args.l0}"] = calibrated_random_bank(model, calib, layers, width, l0=args.l0)
     if preset is not None:
-        from pathlib import Path
-
         from trajectory.cli.evolve import open_bank
 
         folder = Path(args.bank) if args.bank else RESULTS_DIR / "banks" / preset.name
         if folder.exists():
-            banks[f"bank:{preset.name}"] = open_bank(preset.name, folder)
+            banks[f"bank:{preset.name}"] = open_bank(preset.name, folder, layers=layers, device=device)
+        elif args.bank:
+            raise FileNotFoundError(f"no SAE bank at {folder}")
+        else:
+            print(f"note: no bank at {folder}; run `trajectory preload --preset {preset.name}` to time it too")
+    if not banks:
+        raise ValueError("no SAEs to time: pass --widths, or preload a bank (`trajectory preload`)")
     print(f"model {model.cfg.model_name}, device {device}, layers {layers}, k={args.k}, repeats={args.repeats}, "
           f"torch threads {torch.get_num_threads()}")
     print(HEADER)
-    rows = bench_evolve(model, banks, lengths=lengths, layers=layers, k=args.k, repeats=args.repeats, device=device)
+    rows = bench_evolve(model, banks, lengths=lengths, layers=layers, k=args.k, repeats=args.repeats, device=device,
+                        clock=args.clock)
     print("\n" + format_table(rows))
     if args.out:
         with atomic_write(args.out) as fh:

@@ -9,10 +9,11 @@ Examples::
 
     trajectory graph --evolution results/offline/evolution.safetensors
     trajectory graph --evolution results/offline/evolution.safetensors --T 13 --formats png,graphml --offline
-    trajectory graph --evolution run.safetensors --through mlp --include-bos --evolution-plots --out figs/
+    trajectory graph --evolution run.safetensors --through mlp --include-bos --no-evolution-plots --out figs/
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -53,8 +54,9 @@ def register(sub) -> None:
     )
     p.add_argument("--bank", default=None, help="SAE bank folder for local explanations (default: results/banks/<preset>)")
     p.add_argument("--no-explanations", action="store_true", help="render without feature explanations")
-    p.add_argument("--evolution-plots", action="store_true",
-                   help="also draw the per-layer evolution plot of the full prompt (PNG/HTML per the formats)")
+    p.add_argument("--evolution-plots", action=argparse.BooleanOptionalAction, default=True,
+                   help="draw the per-layer evolution plot of the full prompt, PNG/HTML per the formats, into "
+                   "<out>/evolution/ (default: on; --no-evolution-plots to skip)")
     p.add_argument("--out", default=None, help="output folder (default: a 'graph' folder beside the evolution file)")
     p.add_argument("--name", default="graph", help="base name of the graph files (default: graph)")
     p.set_defaults(func=run)
@@ -171,6 +173,9 @@ def run(args) -> int:
         )
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
+    if not args.no_explanations and result["explained"] == 0 and result["graph"].number_of_edges():
+        print("note: no feature explanations found (Neuronpedia offline or without these SAEs, and no local bank "
+              "explanations); pass --bank <folder> for locally trained SAEs", file=sys.stderr)
     g = result["graph"]
     print(
         f"trajectory graph of {evo.n_tokens} tokens, {len(evo.layers)} layers (T={args.T}, "
