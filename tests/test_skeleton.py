@@ -40,6 +40,19 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert target.read_text() == "new"
 
 
+def test_atomic_files_get_the_usual_mode(tmp_path):
+    """Outputs are readable like any file the user writes (not mkstemp's private 0600)."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "a.json") as fh:
+            fh.write("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
 def test_cli_help_is_fast_and_light():
     code = "import sys, trajectory.cli as c; c.build_parser(); print('torch' in sys.modules, 'sae_lens' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
