@@ -316,10 +316,11 @@ def test_preload_offline_trains_only_missing_layers(tmp_path, capsys, monkeypatc
     import trajectory.training
     from trajectory.cli import main
 
-    calls = []
+    calls, seen = [], []
 
-    def fake_train_bank(model, *, layers, corpus, device, progress):
+    def fake_train_bank(model, *, layers, corpus, device, progress, architecture="topk", **options):
         calls.append(list(layers))
+        seen.append((architecture, options))
         assert model is tiny_model and corpus == "my.txt"
         saes = {layer: random_sae(32, 64, seed=10 + layer, architecture="topk", k=4,
                                   hook_name=f"blocks.{layer}.hook_resid_post") for layer in layers}
@@ -337,10 +338,14 @@ def test_preload_offline_trains_only_missing_layers(tmp_path, capsys, monkeypatc
     assert main([*args, "--layers", "0-1"]) == 0
     assert main([*args, "--layers", "0-2"]) == 0
     assert calls == [[0, 1], [2]]
+    assert seen[0] == ("topk", {})  # package defaults unless options are given
+    assert main([*args, "--layers", "3", "--architecture", "batchtopk", "--d-sae", "128", "--k", "8",
+                 "--train-tokens", "5000", "--epochs", "2"]) == 0
+    assert seen[-1] == ("batchtopk", {"d_sae": 128, "k": 8, "n_train_tokens": 5000, "epochs": 2.0})
     text = capsys.readouterr().out
     assert "0.810" in text and "5.0%" in text and "0.120" in text
     m = read_manifest(out)
-    assert sorted(m["layers"]) == ["0", "1", "2"] and m["preset"] == "offline"
+    assert sorted(m["layers"]) == ["0", "1", "2", "3"] and m["preset"] == "offline"
     assert m["layers"]["2"]["metrics"]["explained_variance"] == 0.81
     assert read_explanations(out, 1) == {3: "feature 3 of layer 1"}
     bank = SAEBank.open(out)

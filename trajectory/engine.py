@@ -275,7 +275,7 @@ def _query_chunks(N: int, batch_rows: int, max_queries: int | None = None) -> li
     return chunks
 
 
-def _layer_pre_feature_space(
+def _feature_space_pieces(
     model,
     acts: "LayerActivations",
     enc: LinearEncoder,
@@ -296,9 +296,13 @@ def _layer_pre_feature_space(
     d_model space and put through the same linear encoder instead. ``cache`` (one
     dict per layer, filled on the first chunk) keeps the per-layer encoded vectors.
 
-    Returns:
-        ``(pre [Σ_q (q + 3), d_sae] float32, final_pos [rows] or None)``: buffer row i is
-        row ``final_pos[i]`` of the chunk in (q, step) order (``None``: already in order).
+    Yields:
+        ``(pre [rows, d_sae] float32, final_pos [rows] or None)`` pieces that together
+        cover the ``Σ_q (q + 3)`` step rows of the chunk: piece row i is row
+        ``final_pos[i]`` of the chunk in (q, step) order (``None``: one piece, already in
+        order). Each piece is consumed (activation, top-k) before the next is made, so
+        it lives in one reused buffer of a few MB that stays in the CPU cache; the
+        whole chunk's ``[rows, d_sae]`` never exists at once.
     """
     import torch
 
@@ -343,7 +347,8 @@ def _layer_pre_feature_space(
     Q, K = len(queries), q1 + 1
     if not always_mix and min(K, _KEY_BLOCK) * H + 2 * Q >= c["u"].shape[1]:
         # mixing would cost more than encoding the d_model step vectors: encode those
-        return (_layer_steps_direct(model, acts, postnorm, queries, device) - enc.b_in) @ c["W"] + c["b_enc"], None
+        yield (_layer_steps_direct(model, acts, postnorm, queries, device) - enc.b_in) @ c["W"] + c["b_enc"], None
+        return
     # 1/r for every (q, j): the partial sum's own RMS (in d_model space), the frozen scale, or 1
     p = c["pattern"][:, q0 : q1 + 1, :K]  # [h, Q, K]
     if postnorm == "per_partial_sum":
@@ -361,11 +366,14 @@ def _layer_pre_feature_space(
     qs = torch.tensor(queries, device=device)
     sizes = qs + 3
     starts = torch.cumsum(sizes, 0) - sizes  # final row of each query's "initial" step
-    R = int(sizes.sum())
-    pre = torch.empty(R, c["F"].shape[1], device=device)
-    final_pos = torch.empty(R, dtype=torch.long, device=device)
+    # one buffer per layer, reused by every piece of every chunk (a fresh allocation would
+    # pay its page faults again each time, and a small one stays in the CPU cache)
+    f = c["F"].shape[1]
+    need = max(B * len(queries), 2 * Q)
+    buf = c.get("buffer")
+    if buf is None or buf.shape[0] < need:
+        buf = c["buffer"] = torch.empty(need, f, device=device)
     prefix = c["Fb"].expand(Q, -1).clone()  # P[:, b]: F_b + keys before the block
-    r0 = 0
     for k0 in range(0, K, B):
         k1 = min(k0 + B, K)
         live = qs >= k0  # queries with a key in this block
@@ -383,20 +391,19 @@ def _layer_pre_feature_space(
         T[ar, (k1 - k0) * H + row_qi] = inv  # prefix P[q, b]
         T[ar, (k1 - k0) * H + Q + row_qi] = 1.0  # base[q]
         G = torch.cat([c["F"][k0 * H : k1 * H], prefix, c["base"][q0 : q1 + 1]])
-        torch.mm(T, G, out=pre[r0 : r0 + rows])
-        final_pos[r0 : r0 + rows] = starts[row_qi] + 1 + row_j
-        r0 += rows
+        pre = buf[:rows]
+        torch.mm(T, G, out=pre)
+        yield pre, starts[row_qi] + 1 + row_j
         if k1 < K:  # move the prefix past this block
             blk = p[:, :, k0:k1].permute(1, 2, 0).reshape(Q, -1)  # [Q, Bk·h]
             prefix += blk @ c["F"][k0 * H : k1 * H]
-    pre[r0 : r0 + Q] = c["base"][qs]
-    final_pos[r0 : r0 + Q] = starts
-    pre[r0 + Q :] = c["mlp"][qs]
-    final_pos[r0 + Q :] = starts + qs + 2
-    return pre, final_pos
+    pre = buf[: 2 * Q]
+    pre[:Q] = c["base"][qs]
+    pre[Q:] = c["mlp"][qs]
+    yield pre, torch.cat([starts, starts + qs + 2])
 
 
-#: Keys per block in the feature-space mixing (see :func:`_layer_pre_feature_space`).
+#: Keys per block in the feature-space mixing (see :func:`_feature_space_pieces`).
 _KEY_BLOCK = 8
 
 
@@ -484,17 +491,24 @@ def evolve_layer(
             max_queries = max(8, _KEY_BLOCK * n_heads // 2) if enc is not None else None
             for queries in _query_chunks(N, batch_rows, max_queries):
                 if enc is not None:
-                    pre, final_pos = _layer_pre_feature_space(
+                    pieces, positions = [], []
+                    for pre, final_pos in _feature_space_pieces(
                         model, acts, enc, variant, queries, fs_cache, always_mix=method == "feature_space"
-                    )
-                    step_acts, active = enc.activate(pre)
-                    del pre
+                    ):
+                        values, active = enc.activate(pre)
+                        pieces.append(select_active_topk(values, k, active))
+                        positions.append(None if final_pos is None else final_pos.cpu().numpy())
+                        del pre, values, active
+                    if positions[0] is None:
+                        parts.append(pieces[0])
+                    else:
+                        joined = tuple(np.concatenate([pc[i] for pc in pieces]) for i in range(4))
+                        parts.append(_reorder_rows(joined, np.concatenate(positions)))
                 else:
                     x = _layer_steps_direct(model, acts, variant, queries, device)
-                    step_acts, active, final_pos = sae.encode(x.to(sae.W_enc.dtype)), None, None
-                part = select_active_topk(step_acts, k, active)
-                parts.append(part if final_pos is None else _reorder_rows(part, final_pos.cpu().numpy()))
-                del step_acts, active
+                    step_acts = sae.encode(x.to(sae.W_enc.dtype))
+                    parts.append(select_active_topk(step_acts, k))
+                    del step_acts
     finally:
         fs_cache.clear()
         if moved_from is not None:

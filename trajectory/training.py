@@ -54,6 +54,18 @@ DEFAULT_LR = 4e-3
 DEFAULT_BATCH_SIZE = 1024
 DEFAULT_LOSS_CHUNKS = 8
 
+#: Quality targets of the default offline bank (held-out text), reported in its manifest.
+TARGETS = {"explained_variance_min": 0.8, "l0_max": 64.0, "dead_fraction_max": 0.10, "total_seconds_max": 900.0}
+
+
+def meets_targets(m: dict[str, Any]) -> bool:
+    """Whether one layer's metrics meet :data:`TARGETS` (EV, L0, dead features)."""
+    return (
+        m["explained_variance"] >= TARGETS["explained_variance_min"]
+        and m["l0"] <= TARGETS["l0_max"]
+        and m["dead_fraction"] <= TARGETS["dead_fraction_max"]
+    )
+
 
 def _batches(acts: "torch.Tensor", batch_size: int, seed: int) -> Iterator["torch.Tensor"]:
     """Endless shuffled ``[batch_size, D]`` batches of ``acts`` (reshuffled each epoch)."""
@@ -501,6 +513,7 @@ def train_bank(
     for layer in layers:
         m = metrics[layer]
         m.update(loss_clean=clean, loss_spliced=spliced[layer], delta_loss=spliced[layer] - clean)
+        m["meets_targets"] = meets_targets(m)
         entries[layer] = BankEntry(
             layer=layer,
             sae=saes[layer],
@@ -529,5 +542,7 @@ def train_bank(
         "collect_seconds": round(collect_seconds, 2),
         "loss_seconds": round(loss_seconds, 2),
         "total_seconds": round(time.perf_counter() - t_all, 2),
+        "targets": dict(TARGETS),
+        "layers_meeting_targets": [layer for layer in layers if metrics[layer]["meets_targets"]],
     }
     return SAEBank(entries, model_name=model.cfg.model_name, metadata={"training": bank_meta})

@@ -42,6 +42,12 @@ def register(sub) -> None:
     p.add_argument("--sae-folder", default=None, help="folder with one SAE per layer (sae-lens folders, params.npz, ...)")
     p.add_argument("--model", default=None, help="TransformerLens model name: check the SAEs fit it (and its layer count)")
     p.add_argument("--hook-template", default="blocks.{layer}.hook_resid_post", help="hook for SAEs that do not name one")
+    t = p.add_argument_group("local training (preset offline)")
+    t.add_argument("--architecture", choices=["topk", "batchtopk"], default="topk", help="SAE kind (default: topk)")
+    t.add_argument("--d-sae", type=int, default=None, help="features per SAE (default: 2048)")
+    t.add_argument("--k", type=int, default=None, help="active features per token (default: 64)")
+    t.add_argument("--train-tokens", type=int, default=None, help="training tokens per layer (default: 100000)")
+    t.add_argument("--epochs", type=float, default=None, help="passes over the training tokens (default: 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -124,7 +130,9 @@ def _build(args, preset, layers, kept: set[int], out: Path, progress: bool):
 
         print(f"training SAEs for layer(s) {_span(todo)} of {preset.model_name} (bank: {out})", flush=True)
         model = load_model(preset.name, device=device)
-        new = train_bank(model, layers=todo, corpus=args.corpus, device=device, progress=progress)
+        options = dict(d_sae=args.d_sae, k=args.k, n_train_tokens=args.train_tokens, epochs=args.epochs)
+        new = train_bank(model, layers=todo, corpus=args.corpus, device=device, progress=progress,
+                         architecture=args.architecture, **{k: v for k, v in options.items() if v is not None})
         new.to(dtype=args.dtype)
     entries = {**(old.entries if old else {}), **(new.entries if new else {})}
     metadata = {**(old.metadata if old else {}), **(new.metadata if new else {})}
@@ -185,11 +193,18 @@ def _print_table(manifest: dict, out: Path, layers) -> None:
             str(layer), str(m["source"]), str(m["d_sae"]), str(m["dtype"]), format_bytes(m["bytes"]),
             num(met.get("l0"), ".1f"), num(met.get("explained_variance"), ".3f"),
             num(met.get("dead_fraction"), ".1%"), num(met.get("delta_loss"), ".3f"),
+            {True: "yes", False: "NO", None: "-"}[met.get("meets_targets")],
         ])
-    head = ["layer", "source", "d_sae", "dtype", "bytes", "L0", "expl.var", "dead", "dloss"]
+    head = ["layer", "source", "d_sae", "dtype", "bytes", "L0", "expl.var", "dead", "dloss", "targets"]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)] if rows else [len(h) for h in head]
     line = lambda cells: "  ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     print(line(head))
     for r in rows:
         print(line(r))
     print(f"SAE bank: {out.resolve()}  ({len(rows)} layers, {format_bytes(total)}, model {manifest.get('model_name')})")
+    training = (manifest.get("metadata") or {}).get("training") or {}
+    if training.get("targets"):
+        t = training["targets"]
+        print(f"targets (held-out): explained variance >= {t['explained_variance_min']}, L0 <= {t['l0_max']:g}, "
+              f"dead <= {t['dead_fraction_max']:.0%}; built in {training.get('total_seconds', 0) / 60:.1f} min "
+              f"(target {t['total_seconds_max'] / 60:.0f} min)")
