@@ -339,13 +339,13 @@ def test_preload_offline_trains_only_missing_layers(tmp_path, capsys, monkeypatc
     assert main([*args, "--layers", "0-2"]) == 0
     assert calls == [[0, 1], [2]]
     assert seen[0] == ("topk", {})  # package defaults unless options are given
-    assert main([*args, "--layers", "3", "--architecture", "batchtopk", "--d-sae", "128", "--k", "8",
+    assert main([*args, "--layers", "2", "--force", "--architecture", "batchtopk", "--d-sae", "128", "--k", "8",
                  "--train-tokens", "5000", "--epochs", "2"]) == 0
     assert seen[-1] == ("batchtopk", {"d_sae": 128, "k": 8, "n_train_tokens": 5000, "epochs": 2.0})
     text = capsys.readouterr().out
     assert "0.810" in text and "5.0%" in text and "0.120" in text
     m = read_manifest(out)
-    assert sorted(m["layers"]) == ["0", "1", "2", "3"] and m["preset"] == "offline"
+    assert sorted(m["layers"]) == ["0", "1", "2"] and m["preset"] == "offline"
     assert m["layers"]["2"]["metrics"]["explained_variance"] == 0.81
     assert read_explanations(out, 1) == {3: "feature 3 of layer 1"}
     bank = SAEBank.open(out)

@@ -41,15 +41,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from trajectory.sae_bank import SAEBank
 
 #: Training defaults chosen for the offline Gemma 3 270M bank on a 2-core CPU (measured
-#: on layers 2, 9, 16 of the default corpus): d_sae 4096 / k 32 left 25-45% of the
-#: features dead in the few hundred steps this budget allows; 2048 / 64 reaches
-#: held-out EV 0.81-0.95 with <10% dead in one epoch.
+#: on the default corpus): d_sae 4096 / k 32 left 25-45% of the features dead in the few
+#: hundred steps this budget allows; 2048 / 64 reaches held-out EV 0.78-0.99 with <10%
+#: dead in one epoch (0.99 at layer 0 falling to 0.78 at layer 17). A second epoch
+#: lifts the late layers (layer 16: 0.792 -> 0.815), so layers under the target get more
+#: passes (``max_epochs``); halving the batch size gained less (0.796), doubling lr lost.
 DEFAULT_D_SAE = 2048
 DEFAULT_K = 64
 DEFAULT_CONTEXT_LENGTH = 128
 DEFAULT_TRAIN_TOKENS = 100_000
 DEFAULT_HELDOUT_TOKENS = 8_000
 DEFAULT_EPOCHS = 1.0
+DEFAULT_MAX_EPOCHS = 3.0
 DEFAULT_LR = 4e-3
 DEFAULT_BATCH_SIZE = 1024
 DEFAULT_LOSS_CHUNKS = 8
@@ -389,6 +392,7 @@ def train_bank(
     progress: bool = True,
     context_length: int = DEFAULT_CONTEXT_LENGTH,
     epochs: float = DEFAULT_EPOCHS,
+    max_epochs: float = DEFAULT_MAX_EPOCHS,
     lr: float = DEFAULT_LR,
     batch_size: int = DEFAULT_BATCH_SIZE,
     loss_chunks: int = DEFAULT_LOSS_CHUNKS,
@@ -414,6 +418,10 @@ def train_bank(
         progress: tqdm bars.
         context_length: tokens per chunk, BOS included.
         epochs: passes over the train tokens per SAE.
+        max_epochs: when a layer's held-out explained variance misses
+            ``TARGETS["explained_variance_min"]``, it is trained again with one pass more,
+            up to this many (the best is kept; ``metrics["epochs"]`` says which). Set it
+            to ``epochs`` to train each layer once.
         lr, batch_size: Adam learning rate and samples per step.
         loss_chunks: held-out chunks used for the spliced CE loss (costs forward passes).
         store_dtype: ``"float32"`` (default; Gemma 3's residual reaches ~62000, at the
@@ -473,24 +481,35 @@ def train_bank(
             hook = hook_template.format(layer=layer)
             t0 = time.perf_counter()
             acts = torch.from_numpy(np.array(train_store.activations(hook), dtype=np.float32))
-            sae = train_sae(
-                acts, d_sae=d_sae, k=k, architecture=architecture, n_samples=int(epochs * len(acts)),
-                batch_size=batch_size, lr=lr, seed=seed + layer,
-            )
+            held = torch.from_numpy(np.array(held_store.activations(hook), dtype=np.float32))
+            # Late layers are harder: when the held-out explained variance misses the target,
+            # train again with one more pass over the data (up to max_epochs), keep the best.
+            sae, m, used = None, None, float(epochs)
+            ep = float(epochs)
+            while True:
+                cand = train_sae(
+                    acts, d_sae=d_sae, k=k, architecture=architecture, n_samples=int(ep * len(acts)),
+                    batch_size=batch_size, lr=lr, seed=seed + layer,
+                )
+                cm = evaluate_sae(cand, held)
+                if m is None or cm["explained_variance"] > m["explained_variance"]:
+                    sae, m, used = cand, cm, ep
+                if m["explained_variance"] >= TARGETS["explained_variance_min"] or ep + 1 > max_epochs:
+                    break
+                ep += 1
             train_seconds = time.perf_counter() - t0
             meta = sae.cfg.metadata
             meta.hook_name = hook
             meta.model_name = model.cfg.model_name
             meta.context_size = context_length
             meta.prepend_bos = True
-            held = torch.from_numpy(np.array(held_store.activations(hook), dtype=np.float32))
-            m = evaluate_sae(sae, held)
             t1 = time.perf_counter()
             explanations[layer] = explain_features(model, sae, acts, train_tokens)
             m.update(
                 n_train_tokens=int(len(acts)),
                 n_heldout_tokens=int(len(held)),
-                n_train_samples=int(epochs * len(acts)),
+                n_train_samples=int(used * len(acts)),
+                epochs=used,
                 train_seconds=round(train_seconds, 2),
                 explain_seconds=round(time.perf_counter() - t1, 2),
             )
@@ -498,7 +517,7 @@ def train_bank(
             if progress:
                 tqdm.write(
                     f"layer {layer}: EV {m['explained_variance']:.3f}  L0 {m['l0']:.1f}  "
-                    f"dead {m['dead_fraction']:.1%}  train {train_seconds:.1f}s"
+                    f"dead {m['dead_fraction']:.1%}  epochs {used:g}  train {train_seconds:.1f}s"
                 )
             del acts, held
         t0 = time.perf_counter()
@@ -529,6 +548,7 @@ def train_bank(
         "k": k,
         "context_length": context_length,
         "epochs": epochs,
+        "max_epochs": max_epochs,
         "lr": lr,
         "batch_size": batch_size,
         "seed": seed,
