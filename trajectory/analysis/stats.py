@@ -136,15 +136,9 @@ class FeatureStats:
     @classmethod
     def load(cls, path: str | Path) -> "FeatureStats":
         """Read a file written by :meth:`save`; a clear error on other files."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no feature stats file at {path}")
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path} is not readable feature stats ({exc}); delete it and rerun") from None
-        if not isinstance(doc, dict) or doc.get("format") != STATS_FORMAT:
-            raise ValueError(f"{path} is not a trajectory feature stats file (a whole report? use FeatureReport.load)")
+        doc = _read_doc(path, STATS_FORMAT, "feature stats file",
+                        missing_hint="FeatureStats.save writes one",
+                        other_hint="a whole report? use FeatureReport.load")
         return cls.from_dict({k: v for k, v in doc.items() if k not in ("format", "version")})
 
 
@@ -215,17 +209,9 @@ class FeatureReport(Mapping):
     @classmethod
     def load(cls, path: str | Path) -> "FeatureReport":
         """Read a report written by :meth:`save`; a clear error on other files."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no feature report at {path}; run `trajectory real` or `trajectory synthetic` first")
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path} is not a readable feature report ({exc}); delete it and rerun") from None
-        if not isinstance(doc, dict) or doc.get("format") != REPORT_FORMAT:
-            raise ValueError(f"{path} is not a trajectory feature report (format {doc.get('format') if isinstance(doc, dict) else None!r})")
-        if int(doc.get("version", 0)) > REPORT_FORMAT_VERSION:
-            raise ValueError(f"{path} has report version {doc['version']}; this trajectory reads up to {REPORT_FORMAT_VERSION}: upgrade it")
+        doc = _read_doc(path, REPORT_FORMAT, "feature report",
+                        missing_hint="run `trajectory real` or `trajectory synthetic` first",
+                        other_hint="a single feature? use FeatureStats.load")
         feats = [FeatureStats.from_dict(d) for d in doc["features"]]
         return cls(
             mode=doc["mode"],
@@ -238,6 +224,25 @@ class FeatureReport(Mapping):
             n_tokens=int(doc.get("n_tokens", 0)),
             settings=doc.get("settings", {}),
         )
+
+
+def _read_doc(path: str | Path, fmt: str, what: str, *, missing_hint: str, other_hint: str) -> dict:
+    """The JSON document at ``path`` if it is a ``fmt`` file this version reads; else a
+    clear error naming the problem and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}; {missing_hint}")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable {what} ({exc}); delete it and rerun") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        found = doc.get("format") if isinstance(doc, dict) else None
+        raise ValueError(f"{path} is not a trajectory {what} (format {found!r}; {other_hint})")
+    if int(doc.get("version", 0)) > REPORT_FORMAT_VERSION:
+        raise ValueError(f"{path} has {what} version {doc['version']}; this trajectory reads up to "
+                         f"{REPORT_FORMAT_VERSION}: upgrade trajectory")
+    return doc
 
 
 def _versions() -> dict[str, str]:
