@@ -75,6 +75,16 @@ def test_accessors_on_engine_output(evo):
     assert len(table) == sum(len(r.indices) for r in evo.rows.values())
 
 
+def test_step_labels_are_accepted_as_steps(evo):
+    n = evo.n_tokens
+    for s, label in enumerate(evo.steps(n)):
+        assert evo.step_index(n, label) == s
+        assert evo.topk(n, 1, label)[0].tolist() == evo.topk(n, 1, s)[0].tolist()
+    assert evo.step_index(n, ("key", 2)) == evo.step_index(n, evo.steps(n)[3])
+    with pytest.raises(ValueError, match=r"label of evo.steps"):
+        evo.step_index(n, "key 99 'nothing'")
+
+
 def test_corrupt_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a file")

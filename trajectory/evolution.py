@@ -121,13 +121,20 @@ class Evolution:
         return ["initial"] + [f"key {j} {self.tokens[j]!r}" for j in range(n)] + ["mlp"]
 
     def step_index(self, n: int, step: Step) -> int:
-        """Resolve a step given as an int, ``"initial"``, ``"mlp"``, ``"last_attention"`` or ``("key", j)``."""
+        """Resolve a step given as an int, ``"initial"``, ``"mlp"``, ``"last_attention"``,
+        ``("key", j)`` or one of the labels :meth:`steps` returns (``"key 3 ' correct'"``)."""
         self._check_n(n)
         if isinstance(step, str):
             named = {"initial": 0, "last_attention": n, "attention": n, "mlp": n + 1}
-            if step not in named:
-                raise ValueError(f"unknown step {step!r}; use an index, 'initial', 'last_attention', 'mlp' or ('key', j)")
-            return named[step]
+            if step in named:
+                return named[step]
+            labels = self.steps(n)
+            if step in labels:
+                return labels.index(step)
+            raise ValueError(
+                f"unknown step {step!r}; use an index, 'initial', 'last_attention', 'mlp', ('key', j) "
+                f"or a label of evo.steps({n})"
+            )
         if isinstance(step, tuple):
             if len(step) != 2 or step[0] != "key" or not 0 <= int(step[1]) < n:
                 raise ValueError(f"bad step {step!r}: keys of prefix length {n} are ('key', 0..{n - 1})")
