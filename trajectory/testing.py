@@ -156,7 +156,9 @@ def tiny_model(seed: int = 0, **overrides) -> "HookedTransformer":
             else:  # larger weights than the default init, so attention is not uniform
                 p.mul_(2.0)
     model.eval()
-    return model
+    from trajectory.models import use_linear_layout
+
+    return use_linear_layout(model)
 
 
 def tiny_gpt2_model(seed: int = 0) -> "HookedTransformer":

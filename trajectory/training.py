@@ -103,6 +103,18 @@ def to_inference_sae(training_sae: Any) -> "SAE":
     return sae
 
 
+def _stepwise_bar_trainer_class():
+    """sae-lens's ``SAETrainer`` moves its progress bar every 100 steps; a layer here
+    trains in ~25-50 steps, so its bar would sit at 0% to the end. Move it every step."""
+    from sae_lens import SAETrainer
+
+    class StepwiseBarTrainer(SAETrainer):
+        def _update_pbar(self, step_output, pbar, update_interval: int = 100):  # noqa: ARG002
+            super()._update_pbar(step_output, pbar, update_interval=1)
+
+    return StepwiseBarTrainer
+
+
 def train_sae(
     acts: "torch.Tensor",
     *,
@@ -137,7 +149,6 @@ def train_sae(
         activations: the input scaling used in training is folded into its weights.
     """
     import torch
-    from sae_lens import SAETrainer
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
@@ -196,7 +207,7 @@ def train_sae(
         feature_sampling_window=max(steps, 1),
         logger=LoggingConfig(log_to_wandb=False),
     )
-    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=_batches(scaled, batch_size, seed))
+    trainer = _stepwise_bar_trainer_class()(cfg=trainer_cfg, sae=sae, data_provider=_batches(scaled, batch_size, seed))
     trained = trainer.fit()
     trained.fold_activation_norm_scaling_factor(scale)  # -> reads raw activations
     return to_inference_sae(trained)
