@@ -190,6 +190,23 @@ def test_select_active_topk_dense_and_sparse_paths_agree():
         np.testing.assert_array_equal(counts, [len(e[0]) for e in expected])
 
 
+def test_select_active_topk_with_a_mask_that_marks_non_positive_values():
+    # a given mask is authoritative (e.g. a JumpReLU threshold below zero): ranking
+    # still goes by value descending, ties by index
+    g = torch.Generator().manual_seed(1)
+    acts = torch.randint(-2, 3, (6, 20), generator=g).float()
+    active = torch.rand(6, 20, generator=g) < 0.5
+    for k in (5, 400):  # the sparse path (active entries ≤ 4·rows·k)
+        idx, val, counts, n_active = select_active_topk(acts, k, active)
+        want = []
+        for a, m in zip(acts.tolist(), active.tolist()):
+            ranked = sorted((j for j in range(len(a)) if m[j]), key=lambda j: (-a[j], j))[:k]
+            want.append(ranked)
+        np.testing.assert_array_equal(n_active, active.sum(-1).numpy())
+        np.testing.assert_array_equal(counts, [len(w) for w in want])
+        np.testing.assert_array_equal(idx, [j for w in want for j in w])
+
+
 def test_fewer_active_than_k_in_evolution(tiny_model, tiny_bank):
     evo = evolve(tiny_model, tiny_bank, "the dark room", k=400, layers=[0], progress=False)
     for n in evo.prefix_lengths:

@@ -163,8 +163,15 @@ def select_active_topk(acts: "torch.Tensor", k: int, active: "torch.Tensor | Non
     if rows.numel() <= 4 * R * k:
         # sparse rows: sort only the active entries
         vals = acts[rows, cols].float()
-        order = torch.sort(vals, descending=True, stable=True).indices
-        order = order[torch.sort(rows[order], stable=True).indices]
+        if vals.numel() and bool(vals.min() > 0):
+            # one sort on (row ascending, value descending): positive floats order like
+            # their bit patterns, so the key is row << 31 | (2^31 - 1 - bits); stable,
+            # so equal values keep the column-ascending order of nonzero()
+            bits = vals.view(torch.int32).to(torch.int64)
+            order = torch.sort((rows.to(torch.int64) << 31) | (0x7FFFFFFF - bits), stable=True).indices
+        else:  # zero or negative activations marked active: two stable sorts
+            order = torch.sort(vals, descending=True, stable=True).indices
+            order = order[torch.sort(rows[order], stable=True).indices]
         rows, cols, vals = rows[order], cols[order], vals[order]
         starts = torch.cumsum(n_active, 0) - n_active
         keep = (torch.arange(rows.numel(), device=rows.device) - starts[rows]) < k
