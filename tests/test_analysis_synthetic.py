@@ -111,3 +111,24 @@ def test_offline_model_embedding_path_and_synthetic(offline_model):
     with torch.no_grad():
         ref = sae.encode(hook_activations(offline_model, ids, "blocks.3.hook_resid_post"))[0, 1:, 0]
     assert s.synthetic_activation == pytest.approx(float(ref.max()), rel=1e-4, abs=1e-5)
+
+
+def test_topk_objective_is_the_margin_outside_the_top_k_and_the_preactivation_inside():
+    from trajectory.analysis.synthetic_activations import feature_objective, feature_preactivation
+
+    sae = random_sae(32, 16, architecture="topk", k=4, seed=3)
+    x = torch.randn(60, 32, generator=torch.Generator().manual_seed(4)) * 3
+    with torch.no_grad():
+        acts = sae.encode(x)
+        hidden = (sae.process_sae_in(x) @ sae.W_enc + sae.b_enc).tolist()  # the SAE's pre-activations
+        for f in range(16):
+            got = feature_objective(sae, x, f).tolist()
+            for row, h in enumerate(hidden):
+                kth = sorted((v for j, v in enumerate(h) if j != f), reverse=True)[3]  # 4th strongest other
+                want = h[f] + min(h[f] - max(kth, 0.0), 0.0)
+                assert got[row] == pytest.approx(want, rel=1e-5, abs=1e-5)
+                if acts[row, f] > 0:  # in the top-k: the objective is the pre-activation itself
+                    assert got[row] == pytest.approx(h[f], rel=1e-5, abs=1e-5)
+        # threshold SAEs: the pre-activation (the threshold is a constant)
+        jr = random_sae(32, 16, architecture="jumprelu", seed=3)
+        torch.testing.assert_close(feature_objective(jr, x, 5), feature_preactivation(jr, x, 5))

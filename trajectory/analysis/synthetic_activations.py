@@ -7,7 +7,8 @@ sequence of ``seq_len`` tokens has learnable logits ``z[s] [V]``; its input embe
 embedding scale is already folded into ``W_E``, so the relaxed embedding is on the
 same scale as real tokens' (positional embeddings, if the model has them, are added
 by the model as usual). Adam maximises the feature's SAE pre-activation at the last
-position (which attends to the whole sequence) while the temperature ``tau`` anneals geometrically from ``temperature[0]``
+position (which attends to the whole sequence; for TopK SAEs, its margin over the k-th
+strongest other feature too, see :func:`feature_objective`) while the temperature ``tau`` anneals geometrically from ``temperature[0]``
 to ``temperature[1]``, pushing each position towards one token.
 
 What is reported is never the relaxed objective: every ``eval_every`` steps each
@@ -45,6 +46,38 @@ def feature_preactivation(sae: "SAE", x: "torch.Tensor", feature: int) -> "torch
     if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
         pre = pre * sae.W_dec[feature].norm()
     return pre
+
+
+def topk_of(sae: "SAE") -> int | None:
+    """The ``k`` of an SAE whose activation keeps the top-k pre-activations (TopK), else ``None``."""
+    k = getattr(sae.cfg, "k", None)
+    return int(k) if k is not None and "topk" in type(sae).__name__.lower() else None
+
+
+def feature_objective(sae: "SAE", x: "torch.Tensor", feature: int) -> "torch.Tensor":
+    """What the search maximises for ``feature`` at ``x [..., d_in]`` -> ``[...]``.
+
+    For threshold SAEs (JumpReLU, ReLU) the feature's pre-activation
+    (:func:`feature_preactivation`): its threshold is a constant. For TopK SAEs the
+    feature also has to beat the others: with ``m = pre_f - max(kth_other, 0)``
+    (``kth_other``: the k-th largest pre-activation among the other features) the
+    objective is ``pre_f + min(m, 0)``, which pushes the competitors down as long as the
+    feature is outside the top-k (its activation is 0 there whatever ``pre_f`` is) and
+    equals ``pre_f`` once it is in.
+    """
+    import torch
+
+    pre = feature_preactivation(sae, x, feature)
+    k = topk_of(sae)
+    if k is None:
+        return pre
+    sae_in = sae.process_sae_in(x.to(sae.W_enc.dtype))
+    others = sae_in @ sae.W_enc + sae.b_enc  # [..., d_sae]
+    if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
+        others = others * sae.W_dec.norm(dim=-1)
+    others = others.index_fill(-1, torch.tensor([feature], device=others.device), float("-inf"))
+    kth = others.topk(min(k, others.shape[-1] - 1), dim=-1).values[..., -1].clamp(min=0)
+    return pre + torch.clamp(pre - kth, max=0)
 
 
 def candidate_tokens(model: "HookedTransformer", vocab: Sequence[int] | None = None) -> "torch.Tensor":
@@ -160,7 +193,7 @@ def synthetic(
                 [torch.tensor(prefix, dtype=torch.long, device=device).expand(restarts, -1), cand[z.detach().argmax(-1)]], 1
             )
             x = hook_activations(model, dummy, hook, embed_override=emb)
-            pre = feature_preactivation(sae, x[:, -1], f)  # [R]
+            pre = feature_objective(sae, x[:, -1], f)  # [R]
             # gradient for z only: the model's own parameters get none (and keep no .grad)
             (z.grad,) = torch.autograd.grad(-pre.sum(), [z])
             opt.step()
