@@ -104,8 +104,9 @@ def to_inference_sae(training_sae: Any) -> "SAE":
 
 
 def _stepwise_bar_trainer_class():
-    """sae-lens's ``SAETrainer`` moves its progress bar every 100 steps; a layer here
-    trains in ~25-50 steps, so its bar would sit at 0% to the end. Move it every step."""
+    """sae-lens's ``SAETrainer`` moves its progress bar every 100 steps; one epoch of the
+    default bank is 97 steps (100k tokens, batch 1024), so its bar sat at 0% to the end.
+    Move it every step."""
     from sae_lens import SAETrainer
 
     class StepwiseBarTrainer(SAETrainer):
