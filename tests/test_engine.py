@@ -340,11 +340,14 @@ def test_cli_missing_bank_says_run_preload(tmp_path):
         open_bank("offline", tmp_path / "no-bank")
 
 
-def test_feature_space_blocks_and_chunks_agree_with_direct(tiny_model, tiny_bank, monkeypatch):
-    """Many key blocks (partial last ones) and query chunks: still the direct result."""
+@pytest.mark.parametrize("piece_elements", [0, 2**30])
+def test_feature_space_blocks_and_chunks_agree_with_direct(tiny_model, tiny_bank, monkeypatch, piece_elements):
+    """Many key blocks (partial last ones) and query chunks: still the direct result.
+    ``_PIECE_ELEMENTS`` 0 keeps blocks at 3 keys; 2**30 grows them as narrow SAEs do."""
     import trajectory.engine as engine
 
     monkeypatch.setattr(engine, "_KEY_BLOCK", 3)
+    monkeypatch.setattr(engine, "_PIECE_ELEMENTS", piece_elements)
     prompt = PROMPT + " . smith left . mark gave flashlight to max"
     for postnorm in ("per_partial_sum", "frozen_scale"):
         fast = evolve(tiny_model, tiny_bank, prompt, k=K, postnorm=postnorm, method="feature_space", batch_size=50, progress=False)

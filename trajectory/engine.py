@@ -160,22 +160,8 @@ def select_active_topk(acts: "torch.Tensor", k: int, active: "torch.Tensor | Non
         active = acts > 0
     rows, cols = active.nonzero(as_tuple=True)  # row-major, columns ascending
     n_active = torch.bincount(rows, minlength=R)
-    if rows.numel() <= 4 * R * k:
-        # sparse rows: sort only the active entries
-        vals = acts[rows, cols].float()
-        if vals.numel() and bool(vals.min() > 0):
-            # one sort on (row ascending, value descending): positive floats order like
-            # their bit patterns, so the key is row << 31 | (2^31 - 1 - bits); stable,
-            # so equal values keep the column-ascending order of nonzero()
-            bits = vals.view(torch.int32).to(torch.int64)
-            order = torch.sort((rows.to(torch.int64) << 31) | (0x7FFFFFFF - bits), stable=True).indices
-        else:  # zero or negative activations marked active: two stable sorts
-            order = torch.sort(vals, descending=True, stable=True).indices
-            order = order[torch.sort(rows[order], stable=True).indices]
-        rows, cols, vals = rows[order], cols[order], vals[order]
-        starts = torch.cumsum(n_active, 0) - n_active
-        keep = (torch.arange(rows.numel(), device=rows.device) - starts[rows]) < k
-        idx, val = cols[keep], vals[keep]
+    if rows.numel() <= 4 * R * k:  # sparse rows: sort only the active entries
+        idx, val = _rank_entries(rows, cols, acts[rows, cols].float(), n_active, k)
     else:
         acts = torch.where(active, acts.float(), 0.0)
         kk = min(k, f)
@@ -195,6 +181,60 @@ def select_active_topk(acts: "torch.Tensor", k: int, active: "torch.Tensor | Non
     counts = torch.clamp(n_active, max=k)
     return (
         idx.to(torch.int32).cpu().numpy(),
+        val.to(torch.float32).cpu().numpy(),
+        counts.cpu().numpy().astype(np.int64),
+        n_active.to(torch.int32).cpu().numpy(),
+    )
+
+
+def _rank_entries(rows, cols, vals, n_active, k: int):
+    """Rank ragged active entries: ``rows`` ascending, within a row ``vals`` descending,
+    ties in the given (column-ascending) order; keep the first ``k`` of each row.
+
+    Args: ``rows``, ``cols`` int ``[m]`` (grouped by row, columns ascending within a
+    row), ``vals`` float32 ``[m]``, ``n_active [R]`` entries per row. Returns ``(cols,
+    vals)`` of the kept entries in final order.
+    """
+    import torch
+
+    if vals.numel() and bool(vals.min() > 0):
+        # one sort on (row ascending, value descending): positive floats order like
+        # their bit patterns, so the key is row << 31 | (2^31 - 1 - bits); stable,
+        # so equal values keep the column-ascending order
+        bits = vals.view(torch.int32).to(torch.int64)
+        order = torch.sort((rows.to(torch.int64) << 31) | (0x7FFFFFFF - bits), stable=True).indices
+    else:  # zero or negative activations marked active: two stable sorts
+        order = torch.sort(vals, descending=True, stable=True).indices
+        order = order[torch.sort(rows[order], stable=True).indices]
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    starts = torch.cumsum(n_active, 0) - n_active
+    keep = (torch.arange(rows.numel(), device=rows.device) - starts[rows]) < k
+    return cols[keep], vals[keep]
+
+
+def select_candidates_topk(vals: "torch.Tensor", idx: "torch.Tensor", k: int):
+    """:func:`select_active_topk` for rows given as candidate lists, e.g. a TopK SAE's
+    own top ``sae_k`` (no ``[rows, d_sae]`` matrix to scan).
+
+    Args:
+        vals: ``[rows, c]`` activations of the candidates (active where > 0).
+        idx: ``[rows, c]`` their feature indices (distinct within a row, any order).
+        k: maximum features kept per row.
+
+    Returns: as :func:`select_active_topk`.
+    """
+    import torch
+
+    R, c = vals.shape
+    order = torch.sort(idx, dim=-1).indices  # columns ascending within each row (tie order)
+    idx, vals = idx.gather(-1, order), vals.gather(-1, order).float()
+    active = (vals > 0).flatten()
+    rows = torch.arange(R, device=vals.device).repeat_interleave(c)[active]
+    n_active = torch.bincount(rows, minlength=R)
+    cols, val = _rank_entries(rows, idx.flatten()[active], vals.flatten()[active], n_active, k)
+    counts = torch.clamp(n_active, max=k)
+    return (
+        cols.to(torch.int32).cpu().numpy(),
         val.to(torch.float32).cpu().numpy(),
         counts.cpu().numpy().astype(np.int64),
         n_active.to(torch.int32).cpu().numpy(),
@@ -253,18 +293,20 @@ class LinearEncoder:
         """Pre-activations of d_model vectors ``x [..., d_in]`` -> ``[..., d_sae]`` (no feature_scale)."""
         return (x - self.b_in) @ self.W_enc + self.b_enc
 
-    def activate(self, pre: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tensor | None]":
-        """Activations from pre-activations ``[rows, d_sae]`` (feature_scale already applied),
-        as the SAE's ``encode`` computes them: ``(values, active mask)``; for JumpReLU and
-        ReLU the values are ``pre`` itself and only the mask is computed (cheaper)."""
+    def select(self, pre: "torch.Tensor", k: int):
+        """Top-k active features of each row of pre-activations ``[rows, d_sae]``
+        (feature_scale already applied), activated as the SAE's ``encode`` does; returns
+        what :func:`select_active_topk` returns. JumpReLU and ReLU only compute the mask
+        (the values are ``pre`` itself); TopK ranks the SAE's own top ``sae_k`` directly,
+        with no ``[rows, d_sae]`` activation matrix."""
         import torch
 
         if self.kind == "jumprelu":  # relu(pre) * (pre > θ) is pre where pre > max(θ, 0)
-            return pre, pre > self.threshold.clamp(min=0)
+            return select_active_topk(pre, k, pre > self.threshold.clamp(min=0))
         if self.kind == "relu":
-            return pre, pre > 0
+            return select_active_topk(pre, k, pre > 0)
         vals, idx = torch.topk(pre, self.sae_k, dim=-1, sorted=False)
-        return torch.zeros_like(pre).scatter_(-1, idx, vals.relu()), None
+        return select_candidates_topk(vals.relu(), idx, k)
 
 
 # --------------------------------------------------------------------- per layer
@@ -369,13 +411,15 @@ def _feature_space_pieces(
     #   base[q] + (P[q, b] + Σ_{b0 ≤ k ≤ j} Σ_h pattern[h,q,k] F[k,h]) / r[q, j]
     # where P[q, b] = F_b + all keys before the block (one small product per block), so
     # each row's product has inner dimension B·h + 2Q instead of K·h + 1 + 2Q.
-    B = _KEY_BLOCK
+    # B is _KEY_BLOCK, or more for narrow SAEs, up to a piece of _PIECE_ELEMENTS (fewer,
+    # larger pieces: per-piece overhead dominates there) while B·h + 2Q stays < d_model.
+    f, d_model = c["F"].shape[1], c["u"].shape[1]
+    B = max(_KEY_BLOCK, min(_PIECE_ELEMENTS // (Q * f), (d_model - 2 * Q - 1) // H))
     qs = torch.tensor(queries, device=device)
     sizes = qs + 3
     starts = torch.cumsum(sizes, 0) - sizes  # final row of each query's "initial" step
     # one buffer per layer, reused by every piece of every chunk (a fresh allocation would
     # pay its page faults again each time, and a small one stays in the CPU cache)
-    f = c["F"].shape[1]
     need = max(B * len(queries), 2 * Q)
     buf = c.get("buffer")
     if buf is None or buf.shape[0] < need:
@@ -410,8 +454,10 @@ def _feature_space_pieces(
     yield pre, torch.cat([starts, starts + qs + 2])
 
 
-#: Keys per block in the feature-space mixing (see :func:`_feature_space_pieces`).
+#: Keys per block in the feature-space mixing (see :func:`_feature_space_pieces`): the least.
 _KEY_BLOCK = 8
+#: Elements of one piece's ``[rows, d_sae]`` buffer that narrow SAEs grow blocks up to (8 MB float32).
+_PIECE_ELEMENTS = 2**21
 
 
 def _reorder_rows(part: tuple, final_pos: np.ndarray) -> tuple:
@@ -502,10 +548,9 @@ def evolve_layer(
                     for pre, final_pos in _feature_space_pieces(
                         model, acts, enc, variant, queries, fs_cache, always_mix=method == "feature_space"
                     ):
-                        values, active = enc.activate(pre)
-                        pieces.append(select_active_topk(values, k, active))
+                        pieces.append(enc.select(pre, k))
                         positions.append(None if final_pos is None else final_pos.cpu().numpy())
-                        del pre, values, active
+                        del pre
                     if positions[0] is None:
                         parts.append(pieces[0])
                     else:
