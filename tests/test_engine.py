@@ -207,6 +207,23 @@ def test_select_active_topk_with_a_mask_that_marks_non_positive_values():
         np.testing.assert_array_equal(idx, [j for w in want for j in w])
 
 
+def test_candidate_lists_rank_like_the_dense_matrix():
+    """A TopK SAE's own top-c lists (any order, ties, zeros and negatives among them) give
+    what select_active_topk gives on the dense activation matrix they scatter into."""
+    from trajectory.engine import select_candidates_topk
+
+    g = torch.Generator().manual_seed(2)
+    R, f, c = 30, 50, 12
+    idx = torch.stack([torch.randperm(f, generator=g)[:c] for _ in range(R)])  # distinct, unordered
+    vals = torch.randint(-2, 5, (R, c), generator=g).float() / 2  # many ties
+    dense = torch.zeros(R, f).scatter_(1, idx, vals.relu())
+    for k in (1, 3, 400):
+        got = select_candidates_topk(vals.relu(), idx, k)
+        want = select_active_topk(dense, k)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_fewer_active_than_k_in_evolution(tiny_model, tiny_bank):
     evo = evolve(tiny_model, tiny_bank, "the dark room", k=400, layers=[0], progress=False)
     for n in evo.prefix_lengths:

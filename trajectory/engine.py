@@ -178,13 +178,7 @@ def select_active_topk(acts: "torch.Tensor", k: int, active: "torch.Tensor | Non
         idx, val = idx.gather(-1, o), val.gather(-1, o)
         mask = val > 0
         idx, val = idx[mask], val[mask]
-    counts = torch.clamp(n_active, max=k)
-    return (
-        idx.to(torch.int32).cpu().numpy(),
-        val.to(torch.float32).cpu().numpy(),
-        counts.cpu().numpy().astype(np.int64),
-        n_active.to(torch.int32).cpu().numpy(),
-    )
+    return _selection_arrays(idx, val, n_active, k)
 
 
 def _rank_entries(rows, cols, vals, n_active, k: int):
@@ -232,11 +226,18 @@ def select_candidates_topk(vals: "torch.Tensor", idx: "torch.Tensor", k: int):
     rows = torch.arange(R, device=vals.device).repeat_interleave(c)[active]
     n_active = torch.bincount(rows, minlength=R)
     cols, val = _rank_entries(rows, idx.flatten()[active], vals.flatten()[active], n_active, k)
-    counts = torch.clamp(n_active, max=k)
+    return _selection_arrays(cols, val, n_active, k)
+
+
+def _selection_arrays(idx, val, n_active, k: int):
+    """The numpy return value of the selections: ``(indices int32, values float32,
+    counts int64 [rows], n_active int32 [rows])``."""
+    import torch
+
     return (
-        cols.to(torch.int32).cpu().numpy(),
+        idx.to(torch.int32).cpu().numpy(),
         val.to(torch.float32).cpu().numpy(),
-        counts.cpu().numpy().astype(np.int64),
+        torch.clamp(n_active, max=k).cpu().numpy().astype(np.int64),
         n_active.to(torch.int32).cpu().numpy(),
     )
 
