@@ -245,6 +245,10 @@ def test_linear_layout_avoids_the_copy_and_changes_no_value():
     with torch.no_grad():
         assert torch.equal(plain(tokens), fast(tokens))
     assert plain.blocks[0].mlp.W_in.shape == (plain.cfg.d_model, plain.cfg.d_mlp)
+    from trajectory.testing import tiny_gpt2_model
+
+    gpt2 = use_linear_layout(tiny_gpt2_model())  # no gated MLP: left as TransformerLens stores it
+    assert all(block.mlp.W_in.is_contiguous() and block.mlp.W_out.is_contiguous() for block in gpt2.blocks)
 
 
 # ------------------------------------------------------------------ the real offline model

@@ -492,6 +492,8 @@ def use_linear_layout(model: "HookedTransformer") -> "HookedTransformer":
     """
     for block in model.blocks:
         mlp = getattr(block, "mlp", None)
+        if getattr(mlp, "W_gate", None) is None:  # plain MLPs use W_in/W_out as stored (addmm)
+            continue
         for name in ("W_gate", "W_in", "W_out"):
             weight = getattr(mlp, name, None)
             if weight is not None and weight.dim() == 2 and not weight.T.is_contiguous():
