@@ -41,10 +41,16 @@ def feature_preactivation(sae: "SAE", x: "torch.Tensor", feature: int) -> "torch
     that rescale by decoder norm) — the quantity the SAE's activation function
     thresholds, so it has a gradient even where the feature is off.
     """
+    return _hidden_pre(sae, x, feature)
+
+
+def _hidden_pre(sae: "SAE", x: "torch.Tensor", features: "int | slice" = slice(None)) -> "torch.Tensor":
+    """Pre-activations of ``features`` (one index: ``[...]``; a slice: ``[..., m]``), as the
+    SAE's encode computes them before its activation function."""
     sae_in = sae.process_sae_in(x.to(sae.W_enc.dtype))
-    pre = sae_in @ sae.W_enc[:, feature] + sae.b_enc[feature]
+    pre = sae_in @ sae.W_enc[:, features] + sae.b_enc[features]
     if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
-        pre = pre * sae.W_dec[feature].norm()
+        pre = pre * sae.W_dec[features].norm(dim=-1)
     return pre
 
 
@@ -67,15 +73,12 @@ def feature_objective(sae: "SAE", x: "torch.Tensor", feature: int) -> "torch.Ten
     """
     import torch
 
-    pre = feature_preactivation(sae, x, feature)
     k = topk_of(sae)
     if k is None:
-        return pre
-    sae_in = sae.process_sae_in(x.to(sae.W_enc.dtype))
-    others = sae_in @ sae.W_enc + sae.b_enc  # [..., d_sae]
-    if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
-        others = others * sae.W_dec.norm(dim=-1)
-    others = others.index_fill(-1, torch.tensor([feature], device=others.device), float("-inf"))
+        return feature_preactivation(sae, x, feature)
+    hidden = _hidden_pre(sae, x)  # [..., d_sae]
+    pre = hidden[..., feature]
+    others = hidden.index_fill(-1, torch.tensor([feature], device=hidden.device), float("-inf"))
     kth = others.topk(min(k, others.shape[-1] - 1), dim=-1).values[..., -1].clamp(min=0)
     return pre + torch.clamp(pre - kth, max=0)
 
