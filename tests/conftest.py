@@ -29,7 +29,7 @@ def tiny_bank(tiny_model):
 @pytest.fixture(scope="session")
 def offline_model():
     """The real offline Gemma 3 270M (fp32, CPU), loaded once per test session."""
-    from trajectory.models import load_model
+    from trajectory.model.load import load_model
 
     return load_model("offline")
 

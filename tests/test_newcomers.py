@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from trajectory.evolution import Evolution
+from trajectory.evolution.result import Evolution
 from trajectory.newcomers import Newcomer, all_newcomers, find_newcomers
 
 

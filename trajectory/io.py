@@ -1,4 +1,4 @@
-"""Where outputs and caches live, and how files are written (atomically).
+"""Where outputs and caches live, how files are written (atomically), and what they record.
 
 Every file this package writes goes through :func:`atomic_write` or
 :func:`atomic_path`: data land in a temporary file beside the target and are moved
@@ -10,11 +10,65 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 #: Default folder for outputs of the three stages (relative to the working directory).
+#: Only the CLI and :mod:`trajectory.pipeline` default to it; library functions take paths.
 RESULTS_DIR = Path("results")
+
+#: The packages whose versions shape our numbers; every file format records these.
+PROVENANCE_PACKAGES = ("trajectory", "torch", "sae-lens", "transformer-lens", "numpy", "safetensors")
+
+
+def default_bank_dir(name: str) -> Path:
+    """``results/banks/<name>``: where ``trajectory preload`` writes a preset's bank."""
+    return RESULTS_DIR / "banks" / name
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of :data:`PROVENANCE_PACKAGES` (``None`` when not installed)."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for package in PROVENANCE_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def provenance(settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What every output file records about how it was made: ``created`` (UTC, ISO 8601),
+    ``versions`` (:func:`package_versions`) and ``settings`` (as given)."""
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": package_versions(),
+        "settings": dict(settings or {}),
+    }
+
+
+def jsonable(value: Any, *, strict: bool = False) -> Any:
+    """A plain-JSON copy of ``value``: mappings (keys as strings), lists, tuples, numbers,
+    strings; numpy/torch scalars become numbers, arrays and tensors lists. Anything else
+    becomes its ``str``, or — ``strict`` — raises ``TypeError`` (for files that must read
+    back equal)."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v, strict=strict) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, strict=strict) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if strict:
+        raise TypeError(f"{type(value).__name__} value {value!r} cannot be written as JSON")
+    return str(value)
 
 
 def cache_dir(*parts: str) -> Path:

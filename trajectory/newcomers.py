@@ -95,7 +95,7 @@ def find_newcomers(evo, n: int, layer: int, *, T: int = 22, through: Through = "
 
     Examples
     --------
-    >>> from trajectory.evolution import Evolution
+    >>> from trajectory.evolution.result import Evolution
     >>> steps = [([1], [1.0]),          # initial
     ...          ([1, 5], [2.0, 1.0]),  # after key 0: 5 enters
     ...          ([9, 1, 5], [3.0, 2.0, 1.0]),  # after key 1 (last attention step): 9 enters

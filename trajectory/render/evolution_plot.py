@@ -162,7 +162,6 @@ def evolution_plot_png(
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FixedLocator, NullLocator
     import matplotlib
 
     from trajectory.render.png import _fonts, png_token_label
@@ -179,36 +178,8 @@ def evolution_plot_png(
         fig = Figure(figsize=(width, 6.5), dpi=dpi, layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
-        x = np.arange(S)
-        new = set(lines.newcomers)
-        for i, f in enumerate(lines.features):
-            if f not in new:
-                ax.plot(x, lines.ranks[i], color="#b5b5b5", lw=0.8, alpha=0.6, marker="o", ms=1.5, zorder=1)
-        for c, f in enumerate(lines.newcomers):
-            i = lines.features.index(f)
-            first = lines.first_step(i)
-            label = f"{f} → rank {int(lines.ranks[i, lines.final_step])}, enters at {labels[first] if first else '?'}"
-            if f in lines.explanations:
-                label += "\n    " + "\n    ".join(wrap(lines.explanations[f], 48)[:2])
-            ax.plot(x, lines.ranks[i], color=_PALETTE[c % len(_PALETTE)], lw=2.2, marker="o", ms=4, zorder=3, label=label)
-        max_rank = np.nanmax(lines.ranks) if np.isfinite(lines.ranks).any() else lines.T
-        ax.set_yscale("log")
-        ax.set_ylim(max(max_rank, lines.T) * 1.25, 0.8)  # rank 1 at the top
-        ax.yaxis.set_major_locator(FixedLocator(_y_ticks(max(max_rank, lines.T))))
-        ax.yaxis.set_minor_locator(NullLocator())
-        ax.set_yticklabels([str(t) for t in _y_ticks(max(max_rank, lines.T))])
-        ax.axhline(lines.T, color="#666666", ls="--", lw=1, zorder=2)
-        ax.text(S - 0.5, lines.T, f" T = {lines.T}", va="center", ha="left", fontsize=8, color="#444444")
-        ax.axvspan(lines.final_step - 0.4, lines.final_step + 0.4, color="#fff2b3", zorder=0)
-        ax.text(lines.final_step, 1.0, "final\nstep", transform=ax.get_xaxis_transform(), ha="center", va="bottom",
-                fontsize=7, color="#8a6d00")
-        ax.set_xticks(x, labels, rotation=60 if S > 8 else 30, ha="right", rotation_mode="anchor", fontsize=8)
-        ax.set_xlim(-0.5, S - 0.5)
-        ax.set_xlabel("step (SAE input after adding each key token's attention contribution, then the MLP)")
-        ax.set_ylabel(f"rank in the top-{evo.k} (1 = strongest)")
-        ax.grid(axis="y", color="#eeeeee", lw=0.6)
-        for spine in ("top", "right"):
-            ax.spines[spine].set_visible(False)
+        _draw_rank_lines(ax, lines, labels)
+        _rank_axes(ax, lines, labels, evo.k)
         head, sub = _titles(lines, title)
         sub = "\n".join(wrap(sub, int(width * 9)))
         ax.set_title(f"{display_token(head, max_len=200, mark_spaces=False)}\n{sub}", fontsize=10, loc="left")
@@ -221,6 +192,47 @@ def evolution_plot_png(
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")
     return path
+
+
+def _draw_rank_lines(ax, lines: RankLines, labels: list[str]) -> None:
+    """Grey lines for the other features, coloured labelled lines for the newcomers."""
+    x = np.arange(lines.n + 2)
+    new = set(lines.newcomers)
+    for i, f in enumerate(lines.features):
+        if f not in new:
+            ax.plot(x, lines.ranks[i], color="#b5b5b5", lw=0.8, alpha=0.6, marker="o", ms=1.5, zorder=1)
+    for c, f in enumerate(lines.newcomers):
+        i = lines.features.index(f)
+        first = lines.first_step(i)
+        label = f"{f} → rank {int(lines.ranks[i, lines.final_step])}, enters at {labels[first] if first else '?'}"
+        if f in lines.explanations:
+            label += "\n    " + "\n    ".join(wrap(lines.explanations[f], 48)[:2])
+        ax.plot(x, lines.ranks[i], color=_PALETTE[c % len(_PALETTE)], lw=2.2, marker="o", ms=4, zorder=3, label=label)
+
+
+def _rank_axes(ax, lines: RankLines, labels: list[str], k: int) -> None:
+    """Log rank axis (rank 1 at the top) with the T line, steps on x, the final step marked."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    S = lines.n + 2
+    max_rank = np.nanmax(lines.ranks) if np.isfinite(lines.ranks).any() else lines.T
+    ax.set_yscale("log")
+    ax.set_ylim(max(max_rank, lines.T) * 1.25, 0.8)  # rank 1 at the top
+    ax.yaxis.set_major_locator(FixedLocator(_y_ticks(max(max_rank, lines.T))))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.set_yticklabels([str(t) for t in _y_ticks(max(max_rank, lines.T))])
+    ax.axhline(lines.T, color="#666666", ls="--", lw=1, zorder=2)
+    ax.text(S - 0.5, lines.T, f" T = {lines.T}", va="center", ha="left", fontsize=8, color="#444444")
+    ax.axvspan(lines.final_step - 0.4, lines.final_step + 0.4, color="#fff2b3", zorder=0)
+    ax.text(lines.final_step, 1.0, "final\nstep", transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+            fontsize=7, color="#8a6d00")
+    ax.set_xticks(np.arange(S), labels, rotation=60 if S > 8 else 30, ha="right", rotation_mode="anchor", fontsize=8)
+    ax.set_xlim(-0.5, S - 0.5)
+    ax.set_xlabel("step (SAE input after adding each key token's attention contribution, then the MLP)")
+    ax.set_ylabel(f"rank in the top-{k} (1 = strongest)")
+    ax.grid(axis="y", color="#eeeeee", lw=0.6)
+    for spine in ("top", "right"):
+        ax.spines[spine].set_visible(False)
 
 
 def build_evolution_figure(lines: RankLines, *, k: int | None = None, title: str | None = None):

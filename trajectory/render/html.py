@@ -98,11 +98,26 @@ def build_figure(g, *, title: str | None = None):
     import plotly.graph_objects as go
 
     view = GraphView(g)
-    top = view.rank_max()
-    cmax = view.count_max()
-    traces: list = []
+    traces = _edge_traces(view)
+    if g.number_of_nodes():
+        traces.append(_node_trace(g, view))
+    fig = go.Figure(traces)
+    fig.update_layout(**_layout(view, title))
+    if not view.edges():
+        T = f" with final rank ≤ {int(view.T)}" if view.T is not None else ""
+        fig.add_annotation(text=f"no newcomer trajectories{T} (empty trajectory graph)", xref="paper", yref="paper",
+                           x=0.5, y=0.5, showarrow=False, font=dict(size=16, color="#444444"),
+                           bgcolor="#f4f4f4", bordercolor="#bbbbbb", borderpad=8)
+    return fig
 
-    # edges: one trace per (best rank, count) so each gets its colour and width
+
+def _edge_traces(view: GraphView) -> list:
+    """Edge lines, one trace per (best rank, count) so each gets its colour and width, and
+    invisible points at edge midpoints that carry the edge hover (and the colour bar)."""
+    import plotly.graph_objects as go
+
+    top, cmax = view.rank_max(), view.count_max()
+    traces: list = []
     groups: dict[tuple[int, int], list] = defaultdict(list)
     for u, v, d in view.edges():
         groups[(int(d.get("best_rank", 1) or 1), int(d.get("num_trajectories", 1) or 1))].append((u, v))
@@ -117,8 +132,6 @@ def build_figure(g, *, title: str | None = None):
             line=dict(color=rank_colour(rank, top), width=1.0 + 5.0 * count / cmax), opacity=0.8,
             name=f"rank {rank}, {count} trajectories",
         ))
-
-    # invisible points at edge midpoints carry the edge hover (and the colour bar)
     edges = view.edges()
     if edges:
         mids = [tuple((a + b) / 2 for a, b in zip(view.xy(u), view.xy(v))) for u, v, _ in edges]
@@ -135,23 +148,30 @@ def build_figure(g, *, title: str | None = None):
                               ticktext=[str(t) for t in rank_ticks(top)]),
             ),
         ))
+    return traces
 
-    if g.number_of_nodes():
-        nodes = sorted(g.nodes(data=True), key=lambda nd: (nd[0][1], nd[0][0]))
-        sizes, colours = [], []
-        for _, d in nodes:
-            n_new = int(d.get("n_newcomers", len(d.get("newcomers") or [])) or 0)
-            sizes.append(7 + 2.2 * min(n_new, 12))
-            colours.append("#222222" if n_new else "#9a9a9a")
-        traces.append(go.Scatter(
-            x=[view.xy(n)[0] for n, _ in nodes], y=[view.xy(n)[1] for n, _ in nodes], mode="markers", name="nodes",
-            hovertext=[node_hover(view, n, d) for n, d in nodes], hoverinfo="text", showlegend=False,
-            marker=dict(size=sizes, color=colours, line=dict(color="white", width=1)),
-        ))
 
+def _node_trace(g, view: GraphView):
+    """Nodes sized by their newcomer count (grey where none arrived), with hover text."""
+    import plotly.graph_objects as go
+
+    nodes = sorted(g.nodes(data=True), key=lambda nd: (nd[0][1], nd[0][0]))
+    sizes, colours = [], []
+    for _, d in nodes:
+        n_new = int(d.get("n_newcomers", len(d.get("newcomers") or [])) or 0)
+        sizes.append(7 + 2.2 * min(n_new, 12))
+        colours.append("#222222" if n_new else "#9a9a9a")
+    return go.Scatter(
+        x=[view.xy(n)[0] for n, _ in nodes], y=[view.xy(n)[1] for n, _ in nodes], mode="markers", name="nodes",
+        hovertext=[node_hover(view, n, d) for n, d in nodes], hoverinfo="text", showlegend=False,
+        marker=dict(size=sizes, color=colours, line=dict(color="white", width=1)),
+    )
+
+
+def _layout(view: GraphView, title: str | None) -> dict:
+    """Title, axes (tokens on x, layers on y) and hover style."""
     head = title if title is not None else (prompt_text(view.tokens, max_len=160) or "trajectory graph")
-    fig = go.Figure(traces)
-    fig.update_layout(
+    return dict(
         title=dict(text=f"{html_text(head)}<br><sup>{html_text(view.subtitle())}</sup>", x=0.01, xanchor="left"),
         template="plotly_white",
         hovermode="closest",
@@ -171,12 +191,6 @@ def build_figure(g, *, title: str | None = None):
             ticktext=[layer_label(L) for L in view.rows], range=[-0.7, len(view.rows) - 0.3], zeroline=False,
         ),
     )
-    if not edges:
-        T = f" with final rank ≤ {int(view.T)}" if view.T is not None else ""
-        fig.add_annotation(text=f"no newcomer trajectories{T} (empty trajectory graph)", xref="paper", yref="paper",
-                           x=0.5, y=0.5, showarrow=False, font=dict(size=16, color="#444444"),
-                           bgcolor="#f4f4f4", bordercolor="#bbbbbb", borderpad=8)
-    return fig
 
 
 def render_html(g, path: str | Path, *, title: str | None = None) -> Path:

@@ -91,10 +91,7 @@ def render_png(g, path: str | Path, *, title: str | None = None, dpi: int = 150)
     import matplotlib
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.collections import LineCollection
-    from matplotlib.colors import LinearSegmentedColormap, Normalize
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
 
     view = GraphView(g)
     families, _ = _fonts()
@@ -105,69 +102,82 @@ def render_png(g, path: str | Path, *, title: str | None = None, dpi: int = 150)
         fig = Figure(figsize=figure_size(len(view.columns), len(view.rows)), dpi=dpi, layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
-        cmap = LinearSegmentedColormap.from_list("rank", rank_colour_stops())
-        norm = Normalize(vmin=1, vmax=view.rank_max())
-
         # faint grid of every (token, layer) position, for orientation
         gx = [x for x in view.columns for _ in view.rows]
         gy = [y for _ in view.columns for y in range(len(view.rows))]
         ax.scatter(gx, gy, s=6, c="#d9d9d9", zorder=1, linewidths=0)
-
-        edges = view.edges()
-        if edges:
-            cmax = view.count_max()
-            segs, colours, widths = [], [], []
-            for u, v, d in edges:
-                segs.append([view.xy(u), view.xy(v)])
-                colours.append(cmap(norm(int(d.get("best_rank", 1) or 1))))
-                widths.append(0.8 + 4.2 * int(d.get("num_trajectories", 1) or 1) / cmax)
-            ax.add_collection(LineCollection(segs, colors=colours, linewidths=widths, alpha=0.85, zorder=2, capstyle="round"))
-            sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
-            cbar = fig.colorbar(sm, ax=ax, pad=0.01, fraction=0.03 if len(view.columns) > 20 else 0.05)
-            cbar.set_ticks(rank_ticks(view.rank_max()))
-            cbar.set_label("best final rank (1 = strongest)")
-            cbar.ax.invert_yaxis()  # rank 1 (red) at the top
-            # width legend
-            counts = sorted({1, max(1, cmax // 2), cmax})
-            handles = [Line2D([], [], color="#555555", lw=0.8 + 4.2 * c / cmax) for c in counts]
-            fig.legend(handles, [f"{c} trajector{'y' if c == 1 else 'ies'}" for c in counts],
-                       loc="outside upper right", ncols=len(counts), fontsize=8, frameon=False,
-                       title="edge width = newcomer features carried", title_fontsize=8)
-
-        if g.number_of_nodes():
-            xs, ys, sizes, colours = [], [], [], []
-            for node, d in g.nodes(data=True):
-                x, y = view.xy(node)
-                n_new = int(d.get("n_newcomers", len(d.get("newcomers") or [])) or 0)
-                xs.append(x)
-                ys.append(y)
-                sizes.append(18 + 10 * min(n_new, 12))
-                colours.append("#222222" if n_new else "#8c8c8c")
-            ax.scatter(xs, ys, s=sizes, c=colours, zorder=3, edgecolors="white", linewidths=0.6)
-        if not edges:
+        if view.edges():
+            _draw_edges(fig, ax, view)
+        else:
             T = f" with final rank ≤ {view.T}" if view.T is not None else ""
             ax.text(0.5, 0.5, f"no newcomer trajectories{T}\n(empty trajectory graph)", transform=ax.transAxes,
                     ha="center", va="center", fontsize=13, color="#444444",
                     bbox=dict(boxstyle="round,pad=0.6", fc="#f4f4f4", ec="#bbbbbb"))
-
-        # axes: tokens on x, layers on y
-        rotation = 90 if len(view.columns) > 40 else 55
-        ax.set_xticks(view.columns, [f"{png_token_label(view.token(i))}" for i in view.columns],
-                      rotation=rotation, ha="right" if rotation != 90 else "center",
-                      rotation_mode="anchor" if rotation != 90 else "default", fontsize=9)
-        ax.set_yticks(range(len(view.rows)), [layer_label(L) for L in view.rows], fontsize=9)
-        ax.set_xlim((view.columns[0] - 0.7) if view.columns else -0.7, (view.columns[-1] + 0.7) if view.columns else 0.7)
-        ax.set_ylim(-0.7, len(view.rows) - 0.3)
-        ax.set_xlabel("token (position in the prompt)")
-        ax.set_ylabel("layer")
-        for spine in ("top", "right"):
-            ax.spines[spine].set_visible(False)
-        ax.grid(axis="y", color="#eeeeee", lw=0.6, zorder=0)
-        head = title if title is not None else (prompt_text(view.tokens, max_len=240) or "trajectory graph")
-        head = display_token(head, max_len=400, renderable=_renderable, mark_spaces=False)
-        lines = wrap(head, int(fig.get_figwidth() * 9.5))
-        head = "\n".join(lines[:2]) + (" …" if len(lines) > 2 else "")
-        ax.set_title(f"{head}\n{view.subtitle()}", fontsize=11, loc="left")
+        if g.number_of_nodes():
+            _draw_nodes(ax, g, view)
+        _draw_axes(fig, ax, view, title)
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")
     return path
+
+
+def _draw_edges(fig, ax, view: GraphView) -> None:
+    """Edges coloured by best final rank (with a colour bar), widths by trajectory count (with a legend)."""
+    import matplotlib
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import LinearSegmentedColormap, Normalize
+    from matplotlib.lines import Line2D
+
+    cmap = LinearSegmentedColormap.from_list("rank", rank_colour_stops())
+    norm = Normalize(vmin=1, vmax=view.rank_max())
+    cmax = view.count_max()
+    segs, colours, widths = [], [], []
+    for u, v, d in view.edges():
+        segs.append([view.xy(u), view.xy(v)])
+        colours.append(cmap(norm(int(d.get("best_rank", 1) or 1))))
+        widths.append(0.8 + 4.2 * int(d.get("num_trajectories", 1) or 1) / cmax)
+    ax.add_collection(LineCollection(segs, colors=colours, linewidths=widths, alpha=0.85, zorder=2, capstyle="round"))
+    sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
+    cbar = fig.colorbar(sm, ax=ax, pad=0.01, fraction=0.03 if len(view.columns) > 20 else 0.05)
+    cbar.set_ticks(rank_ticks(view.rank_max()))
+    cbar.set_label("best final rank (1 = strongest)")
+    cbar.ax.invert_yaxis()  # rank 1 (red) at the top
+    counts = sorted({1, max(1, cmax // 2), cmax})
+    handles = [Line2D([], [], color="#555555", lw=0.8 + 4.2 * c / cmax) for c in counts]
+    fig.legend(handles, [f"{c} trajector{'y' if c == 1 else 'ies'}" for c in counts],
+               loc="outside upper right", ncols=len(counts), fontsize=8, frameon=False,
+               title="edge width = trajectories (one per newcomer feature the edge brought)", title_fontsize=8)
+
+
+def _draw_nodes(ax, g, view: GraphView) -> None:
+    """Nodes sized by their newcomer count; grey where none arrived."""
+    xs, ys, sizes, colours = [], [], [], []
+    for node, d in g.nodes(data=True):
+        x, y = view.xy(node)
+        n_new = int(d.get("n_newcomers", len(d.get("newcomers") or [])) or 0)
+        xs.append(x)
+        ys.append(y)
+        sizes.append(18 + 10 * min(n_new, 12))
+        colours.append("#222222" if n_new else "#8c8c8c")
+    ax.scatter(xs, ys, s=sizes, c=colours, zorder=3, edgecolors="white", linewidths=0.6)
+
+
+def _draw_axes(fig, ax, view: GraphView, title: str | None) -> None:
+    """Tokens on x, layers on y, and a two-line title (prompt; model, preset, T)."""
+    rotation = 90 if len(view.columns) > 40 else 55
+    ax.set_xticks(view.columns, [f"{png_token_label(view.token(i))}" for i in view.columns],
+                  rotation=rotation, ha="right" if rotation != 90 else "center",
+                  rotation_mode="anchor" if rotation != 90 else "default", fontsize=9)
+    ax.set_yticks(range(len(view.rows)), [layer_label(L) for L in view.rows], fontsize=9)
+    ax.set_xlim((view.columns[0] - 0.7) if view.columns else -0.7, (view.columns[-1] + 0.7) if view.columns else 0.7)
+    ax.set_ylim(-0.7, len(view.rows) - 0.3)
+    ax.set_xlabel("token (position in the prompt)")
+    ax.set_ylabel("layer")
+    for spine in ("top", "right"):
+        ax.spines[spine].set_visible(False)
+    ax.grid(axis="y", color="#eeeeee", lw=0.6, zorder=0)
+    head = title if title is not None else (prompt_text(view.tokens, max_len=240) or "trajectory graph")
+    head = display_token(head, max_len=400, renderable=_renderable, mark_spaces=False)
+    lines = wrap(head, int(fig.get_figwidth() * 9.5))
+    head = "\n".join(lines[:2]) + (" …" if len(lines) > 2 else "")
+    ax.set_title(f"{head}\n{view.subtitle()}", fontsize=11, loc="left")

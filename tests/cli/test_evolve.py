@@ -1,0 +1,89 @@
+"""``trajectory evolve`` end to end on the tiny fixtures: options reach the engine
+(checked against the library's own result), one file per prompt, clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trajectory.cli import main
+from trajectory.evolution.engine import evolve
+from trajectory.evolution.result import Evolution
+
+PROMPT = "mark gave flashlight to"
+
+
+def _same_rows(a: Evolution, b: Evolution) -> None:
+    assert a.layers == b.layers and a.tokens == b.tokens and a.k == b.k and a.postnorm == b.postnorm
+    for n in a.prefix_lengths:
+        for layer in a.layers:
+            for step in range(n + 2):
+                (ia, va), (ib, vb) = a.topk(n, layer, step), b.topk(n, layer, step)
+                np.testing.assert_array_equal(ia, ib)
+                np.testing.assert_allclose(va, vb, atol=1e-6)
+
+
+@pytest.mark.parametrize("postnorm", ["per_partial_sum", "frozen_scale"])
+def test_evolve_options_reach_the_engine(tiny_preset, tiny_model, tiny_bank, tiny_bank_dir, tmp_path, capsys,
+                                         postnorm):
+    out = tmp_path / "one" / "evo.safetensors"
+    args = ["evolve", "--preset", "offline", "--bank", str(tiny_bank_dir), "--dtype", "float32", "--k", "5",
+            "--layers", "0-1", "--postnorm", postnorm, "--device", "cpu", "--no-progress", "--prompt", PROMPT,
+            "--out", str(out)]
+    assert main(args) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    got = Evolution.load(out)
+    assert got.preset == "offline" and got.metadata["settings"]["k"] == 5
+    want = evolve(tiny_model, tiny_bank, PROMPT, k=5, layers=[0, 1], postnorm=postnorm, progress=False)
+    _same_rows(got, want)
+
+
+def test_postnorm_changes_the_result(tiny_preset, tiny_bank_dir, tmp_path):
+    """The option is not ignored: the two norms give different lists on this prompt."""
+    files = {}
+    for postnorm in ("per_partial_sum", "frozen_scale"):
+        files[postnorm] = tmp_path / f"{postnorm}.safetensors"
+        assert main(["evolve", "--bank", str(tiny_bank_dir), "--k", "5", "--postnorm", postnorm, "--no-progress",
+                     "--prompt", PROMPT, "--out", str(files[postnorm])]) == 0
+    a, b = (Evolution.load(p) for p in files.values())
+    with pytest.raises(AssertionError):
+        _same_rows(a, b)
+
+
+def test_prompt_file_writes_one_file_per_prompt(tiny_preset, tiny_model, tiny_bank, tiny_bank_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the dark room\n\nsmith left .\n")
+    folder = tmp_path / "many"
+    assert main(["evolve", "--bank", str(tiny_bank_dir), "--k", "5", "--layers", "0", "--no-progress",
+                 "--prompt-file", str(prompts), "--out", str(folder)]) == 0
+    assert "wrote 2 evolution file(s)" in capsys.readouterr().out
+    files = sorted(p for p in folder.iterdir() if p.suffix == ".safetensors")
+    assert len(files) == 2 and (folder / "index.json").is_file()
+    for path, prompt in zip(files, ["the dark room", "smith left ."]):
+        _same_rows(Evolution.load(path), evolve(tiny_model, tiny_bank, prompt, k=5, layers=[0], progress=False))
+
+
+def test_evolve_errors_are_clear(tiny_preset, tiny_bank_dir, tmp_path, capsys):
+    out = str(tmp_path / "evo.safetensors")
+    common = ["evolve", "--bank", str(tiny_bank_dir), "--k", "5", "--no-progress", "--out", out]
+    assert main(common + ["--prompt", " "]) == 1
+    assert "prompt is empty" in capsys.readouterr().err
+    assert main(common + ["--prompt", "the final correct answer", "--max-tokens", "3"]) == 1
+    assert "--max-tokens" in capsys.readouterr().err
+    assert main(common + ["--layers", "0-30", "--prompt", "the room"]) == 1
+    assert "out of range" in capsys.readouterr().err
+    assert main(common + ["--prompt", "a", "--prompt-file", "x.txt"]) == 1
+    assert "either --prompt or --prompt-file" in capsys.readouterr().err
+    assert main(["evolve", "--bank", str(tmp_path / "no-bank"), "--prompt", "the room", "--no-progress"]) == 1
+    assert "run `trajectory preload --preset offline` first" in capsys.readouterr().err
+    assert main(["evolve", "--preset", "nope", "--prompt", "the room"]) == 1
+    assert "unknown preset 'nope'" in capsys.readouterr().err
+
+
+def test_evolve_script_calls_the_same_command():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "evolve.py"
+    res = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "--postnorm" in res.stdout and "--prompt-file" in res.stdout

@@ -1,0 +1,77 @@
+"""``trajectory graph`` end to end: every format, options, default output folder, errors,
+and the stage script."""
+from __future__ import annotations
+
+from trajectory.cli import main
+from trajectory.graph.build import attach_explanations, trajectory_graph
+
+from tests.graph.test_build import assert_same, make_evolution
+
+
+def _strip_explanations(g):
+    return attach_explanations(g, None)
+
+
+def test_cli_writes_every_format(tmp_path, capsys):
+    from trajectory.cli import main
+    from trajectory.graph.export import read_graph
+
+    evo = make_evolution()
+    evo_path = evo.save(tmp_path / "evo.safetensors")
+    out = tmp_path / "out"
+    code = main(["graph", "--evolution", str(evo_path), "--offline", "--T", "5", "--out", str(out), "--evolution-plots"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    for fmt in ("png", "html", "graphml", "gexf", "json"):
+        path = out / f"graph.{fmt}"
+        assert path.is_file() and path.stat().st_size > 1000, fmt
+        assert str(path) in printed
+    assert (out / "graph.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<html" in (out / "graph.html").read_text(encoding="utf-8")[:2000].lower()
+    assert sorted(p.name for p in (out / "evolution").iterdir()) == [
+        "layer_00.html", "layer_00.png", "layer_01.html", "layer_01.png"]
+    # whatever explanations were found, the graph is the Python API's graph
+    expected = trajectory_graph(evo, T=5)
+    for fmt in ("graphml", "gexf", "json"):
+        assert_same(_strip_explanations(read_graph(out / f"graph.{fmt}")), expected)
+
+
+def test_cli_options_and_default_out(tmp_path, capsys):
+    from trajectory.cli import main
+    from trajectory.graph.export import read_graph
+
+    evo = make_evolution()
+    evo_path = evo.save(tmp_path / "run" / "evo.safetensors")
+    args = ["graph", "--evolution", str(evo_path), "--formats", "json, graphml", "--through", "mlp",
+            "--include-bos", "--no-explanations", "--T", "4"]
+    assert main(args) == 0
+    out = tmp_path / "run" / "graph"  # default: beside the evolution file
+    assert sorted(p.name for p in out.iterdir()) == ["graph.graphml", "graph.json"]
+    assert_same(read_graph(out / "graph.json"), trajectory_graph(evo, T=4, through="mlp", include_bos=True))
+    assert main(["graph", "--evolution", str(evo_path), "--formats", "svg"]) == 1
+    assert "unknown output format" in capsys.readouterr().err
+    assert main(["graph", "--evolution", str(tmp_path / "missing.safetensors")]) == 1
+    assert "trajectory evolve" in capsys.readouterr().err
+
+
+def test_graph_generator_script(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    evo_path = make_evolution().save(tmp_path / "evo.safetensors")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "graph_generator.py"
+    res = subprocess.run([sys.executable, str(script), "--evolution", str(evo_path), "--formats", "gexf",
+                          "--no-explanations", "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "o" / "graph.gexf").is_file() and "graph.gexf" in res.stdout
+
+
+def test_abbreviations_are_refused(tmp_path, capsys):
+    """``--t 10`` must not silently become ``--through`` (argparse's prefix matching is off)."""
+    evo_path = make_evolution().save(tmp_path / "evo.safetensors")
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["graph", "--evolution", str(evo_path), "--t", "10"])
+    assert "unrecognized arguments: --t" in capsys.readouterr().err

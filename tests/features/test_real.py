@@ -1,0 +1,97 @@
+"""Real analysis on the tiny fixture, checked against brute force over the same corpus."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trajectory.features import real
+from trajectory.training.corpus import tokenize_chunks
+from trajectory.testing import CORPUS_SENTENCES, random_sae
+
+LAYER = 1
+HOOK = f"blocks.{LAYER}.hook_resid_post"
+FEATURES = [0, 3, 7, 20, 41]
+
+
+@pytest.fixture(scope="module")
+def tokens(tiny_model):
+    return tokenize_chunks(tiny_model, CORPUS_SENTENCES * 2, context_length=10)  # [n, 10], 1 BOS each
+
+
+def brute_force(model, sae, tokens, feature, max_examples, window):
+    """Each chunk alone, full forward pass, the SAE's encode; every non-BOS position listed."""
+    bos = model.tokenizer.bos_token_id
+    rows, per_chunk = [], []
+    for c in range(tokens.shape[0]):
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens[c : c + 1])
+            acts = sae.encode(cache[HOOK][0])[:, feature]  # [pos]
+        per_chunk.append(acts)
+        for p in range(tokens.shape[1]):
+            if tokens[c, p] != bos:
+                rows.append((float(acts[p]), c, p))
+    nonzero = [r for r in rows if r[0] != 0]
+    top = sorted(nonzero, key=lambda r: (-r[0], r[1], r[2]))[:max_examples]
+    windows = []
+    for v, c, p in top:
+        lo, hi = max(0, p - window[0]), min(tokens.shape[1], p + window[1] + 1)
+        ids = tokens[c, lo:hi].tolist()
+        acts = [0.0 if i == bos else float(a) for i, a in zip(ids, per_chunk[c][lo:hi])]  # BOS excluded -> shown as 0
+        windows.append((ids, acts, p - lo))
+    return rows, top, windows
+
+
+@pytest.mark.parametrize("architecture", ["jumprelu", "topk"])
+def test_top_contexts_and_density_match_brute_force(tiny_model, tokens, architecture):
+    sae = random_sae(32, 64, architecture=architecture, k=8, seed=3, hook_name=HOOK)
+    rep = real(tiny_model, sae, FEATURES, tokens, max_examples=6, batch_size=3, window=(3, 2), progress=False)
+    assert rep.n_tokens == tokens.numel() - tokens.shape[0]  # BOS excluded
+    for f in FEATURES:
+        rows, top, windows = brute_force(tiny_model, sae, tokens, f, 6, (3, 2))
+        s = rep[f]
+        vals = torch.tensor([r[0] for r in rows])
+        assert s.n_tokens == len(rows)
+        assert s.n_active == int((vals != 0).sum())
+        assert s.density == pytest.approx(float((vals != 0).float().mean()))
+        assert s.mean_activation == pytest.approx(float(vals.mean()), rel=1e-5, abs=1e-7)
+        assert s.max_activation == pytest.approx(float(vals.max()), rel=1e-5)
+        assert sum(s.histogram_counts) == s.n_active
+        assert [e.activation for e in s.examples] == pytest.approx([t[0] for t in top], rel=1e-5)
+        assert [(e.context, e.position) for e in s.examples] == [(t[1], t[2]) for t in top]
+        for e, (ids, acts, peak) in zip(s.examples, windows):
+            assert e.token_ids == ids and e.peak == peak
+            assert e.activations == pytest.approx(acts, rel=1e-5, abs=1e-6)
+            assert e.tokens == [tiny_model.tokenizer.decode([i]) for i in ids]
+        assert s.decoder_norm == pytest.approx(float(sae.W_dec.detach()[f].norm()))
+
+
+def test_some_features_fire_and_some_do_not_everywhere(tiny_model, tokens):
+    """Guards the brute-force test against a degenerate SAE (all zero or all active)."""
+    sae = random_sae(32, 64, architecture="jumprelu", seed=3, hook_name=HOOK)
+    rep = real(tiny_model, sae, FEATURES, tokens, progress=False)
+    dens = [rep[f].density for f in FEATURES]
+    assert any(0 < d < 1 for d in dens)
+
+
+def test_include_bos_counts_bos(tiny_model, tokens):
+    sae = random_sae(32, 64, seed=3, hook_name=HOOK)
+    rep = real(tiny_model, sae, [0], tokens, include_bos=True, progress=False)
+    assert rep.n_tokens == tokens.numel()
+
+
+def test_corpus_as_documents_and_bad_features(tiny_model):
+    sae = random_sae(32, 64, seed=3, hook_name=HOOK)
+    rep = real(tiny_model, sae, "0-2", CORPUS_SENTENCES, context_length=8, progress=False)
+    assert rep.feature_ids == [0, 1, 2] and rep.n_tokens > 0 and rep.corpus == "documents"
+    with pytest.raises(ValueError, match="64 features"):
+        real(tiny_model, sae, "60-70", CORPUS_SENTENCES, progress=False)
+
+
+def test_sae_of_another_width_is_a_clear_error_in_the_python_api(tiny_model):
+    from trajectory.features import synthetic
+
+    wrong = random_sae(48, 16, seed=1, hook_name=HOOK)  # the tiny model's residual stream is 32 wide
+    with pytest.raises(ValueError, match=r"d_in 48 .*width 32.*another model"):
+        real(tiny_model, wrong, "0-2", CORPUS_SENTENCES, progress=False)
+    with pytest.raises(ValueError, match=r"d_in 48 .*width 32.*another model"):
+        synthetic(tiny_model, wrong, "0", n_steps=2, progress=False)

@@ -1,0 +1,309 @@
+"""Stage 2, the evolution engine: top-k SAE features of every (prefix, layer, step).
+
+:func:`evolve` computes, for a prompt of N tokens and every layer L of the bank, every
+prefix length ``n = 2..N`` (query ``q = n - 1``) and every step (see
+:mod:`trajectory.evolution.result` for the steps and the file format)::
+
+    initial      SAE_L(resid_pre_L[q])
+    key j        SAE_L(resid_pre_L[q] + postnorm(b_O + Σ_{k≤j} c_{q,k}))   j = 0..q
+    mlp          SAE_L(resid_post_L[q])
+
+with ``c_{q,k}`` the contribution of key k to query q through layer L's attention
+(:mod:`trajectory.evolution.attention`). All prefixes come from ONE forward pass (causal
+attention). Layers are processed one after the other, so memory holds one layer's
+SAE and one batch of step vectors at a time.
+
+How it is fast (``method="feature_space"``, chosen automatically for JumpReLU,
+ReLU/standard and TopK SAEs): an SAE encoder is linear before its activation, so every
+step row is mixed from vectors encoded once per layer, in blocks of keys, and only the
+elementwise activation and the top-k remain per step (:mod:`trajectory.evolution.encoder`).
+``method="auto"`` falls back, chunk by chunk, to encoding the d_model step vectors when
+that is cheaper (tiny models). Other SAEs (gated, normalising inputs, ...) go through
+``method="direct"``: step vectors built in d_model space and encoded with the SAE's own
+``encode`` in large batches. All agree to float rounding (tests).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+
+from trajectory.evolution.encoder import LinearEncoder, layer_steps_direct, query_chunks, select_chunk
+from trajectory.evolution.result import Evolution, LayerRows, row_offset
+from trajectory.evolution.topk import select_active_topk
+from trajectory.hooks import layer_of, resid_position, resid_post
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from sae_lens import SAE
+    from transformer_lens import HookedTransformer
+
+    from trajectory.evolution.attention import LayerActivations
+    from trajectory.saes.bank import SAEBank
+
+METHODS = ("auto", "feature_space", "direct")
+
+#: Elements of ``[rows, d_sae]`` float32 per batch when ``batch_size`` is not given (128 MB).
+DEFAULT_BATCH_ELEMENTS = 2**25
+
+
+# --------------------------------------------------------------------------- inputs
+def prompt_tokens(model: "HookedTransformer", prompt: "str | Sequence[int] | torch.Tensor", max_tokens: int | None = 128):
+    """Tokenise ``prompt`` (BOS prepended as the model does) and check its length.
+
+    Returns ``(ids [N] int64 tensor, token strings)``. Raises ``ValueError`` for an
+    empty prompt, fewer than 2 tokens, more than ``max_tokens`` or more than the
+    model's context ``n_ctx``.
+    """
+    import torch
+
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError("the prompt is empty; pass some text with --prompt or a non-empty line in --prompt-file")
+        ids = model.to_tokens(prompt)[0].cpu()
+    else:
+        ids = torch.as_tensor(prompt, dtype=torch.long).flatten().cpu()
+    N = int(ids.shape[0])
+    if N < 2:
+        raise ValueError(f"the prompt has {N} token(s) (BOS included); the evolution needs at least 2")
+    if max_tokens is not None and N > max_tokens:
+        raise ValueError(
+            f"the prompt has {N} tokens (BOS included), more than max_tokens={max_tokens}; "
+            "shorten it or raise --max-tokens"
+        )
+    n_ctx = int(model.cfg.n_ctx)
+    if N > n_ctx:
+        raise ValueError(f"the prompt has {N} tokens, more than the model's context of {n_ctx}; shorten it")
+    strs = [model.tokenizer.decode([int(t)]) for t in ids] if model.tokenizer is not None else [str(int(t)) for t in ids]
+    return ids, strs
+
+
+def check_bank(model: "HookedTransformer", bank: "SAEBank", layers: Sequence[int] | None) -> list[int]:
+    """Validate that ``bank`` fits ``model`` at ``layers`` (``None``: all bank layers).
+
+    Returns the sorted layers. Raises ``ValueError`` for layers outside the model or
+    the bank, an SAE whose ``d_in`` differs from ``d_model``, or an SAE that reads a
+    hook other than layer L's residual stream.
+    """
+    n_layers = int(model.cfg.n_layers)
+    check = getattr(bank, "check_model", None)
+    if callable(check):
+        check(model)
+    if layers is None:
+        layers = list(bank.layers)
+    layers = sorted({int(L) for L in layers})
+    if not layers:
+        raise ValueError("no layers to compute; pass --layers, e.g. 0-17")
+    out_of_model = [L for L in layers if not 0 <= L < n_layers]
+    if out_of_model:
+        raise ValueError(
+            f"layer(s) {out_of_model} out of range: {model.cfg.model_name} has layers 0-{n_layers - 1}"
+        )
+    missing = [L for L in layers if L not in bank.layers]
+    if missing:
+        raise ValueError(
+            f"layer(s) {missing} are not in the SAE bank (it has {list(bank.layers)}); "
+            "preload them with `trajectory preload --layers ...` or pass --layers within the bank"
+        )
+    d_model = int(model.cfg.d_model)
+    for L in layers:
+        hook = bank.hook_name(L)
+        if resid_position(hook) is None or layer_of(hook) != L:
+            raise ValueError(
+                f"the SAE of layer {L} reads {hook!r}, not layer {L}'s residual stream "
+                f"({resid_post(L)}); this bank does not fit the evolution — use a residual-stream bank"
+            )
+        d_in = int(bank[L].cfg.d_in)
+        if d_in != d_model:
+            raise ValueError(
+                f"the SAE of layer {L} expects d_in={d_in} but {model.cfg.model_name} has d_model={d_model}; "
+                "the bank was made for another model — preload a bank for this model's preset"
+            )
+    return layers
+
+
+def sae_summaries(bank: "SAEBank", layers: Sequence[int]) -> dict[str, dict[str, Any]]:
+    """What an evolution file records about each layer's SAE (``metadata["saes"]``):
+    ``{str(L): {hook_name, architecture, d_sae, dtype, source, neuronpedia_id}}``."""
+    out = {}
+    for L in layers:
+        sae = bank[L]
+        entry = bank.entry(L) if hasattr(bank, "entry") else None
+        out[str(L)] = dict(
+            hook_name=bank.hook_name(L),
+            architecture=type(sae).__name__,
+            d_sae=int(sae.cfg.d_sae),
+            dtype=str(sae.W_enc.dtype).replace("torch.", ""),
+            source=getattr(entry, "source", None),
+            neuronpedia_id=getattr(entry, "neuronpedia_id", None),
+        )
+    return out
+
+
+# --------------------------------------------------------------------- per layer
+def evolve_layer(
+    model: "HookedTransformer",
+    sae: "SAE",
+    acts: "LayerActivations",
+    *,
+    k: int = 400,
+    postnorm: str = "per_partial_sum",
+    method: str = "auto",
+    batch_size: int | None = None,
+    device=None,
+) -> LayerRows:
+    """All (n, step) top-k rows of one layer, from that layer's recorded activations.
+
+    Args:
+        model: the model that produced ``acts`` (for W_O, b_O and the post-norm).
+        sae: the layer's SAE.
+        acts: :class:`~trajectory.evolution.attention.LayerActivations` of one forward pass.
+        k: features kept per step (active ones only).
+        postnorm: ``"per_partial_sum"`` or ``"frozen_scale"`` (``"none"`` is used by
+            itself on models without a post-attention norm).
+        method: ``"feature_space"``, ``"direct"`` or ``"auto"``.
+        batch_size: step rows per batch (default: ``DEFAULT_BATCH_ELEMENTS / d_sae``).
+        device: where to compute (default: where ``acts`` live).
+
+    Returns:
+        :class:`~trajectory.evolution.result.LayerRows` with ``Σ_{n=2..N} (n + 2)`` rows.
+    """
+    import torch
+
+    from trajectory.evolution.attention import resolve_postnorm
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    device = torch.device(device) if device is not None else acts.resid_pre.device
+    variant = resolve_postnorm(model, acts.layer, postnorm)
+    batch_rows = int(batch_size or max(64, DEFAULT_BATCH_ELEMENTS // int(sae.cfg.d_sae)))
+    enc = LinearEncoder.from_sae(sae, device) if method in ("auto", "feature_space") else None
+    if method == "feature_space" and enc is None:
+        raise ValueError(f"{type(sae).__name__} has no linear encoder form; use method='direct' or 'auto'")
+    parts: list[tuple] = []
+    if enc is not None:
+        cache: dict = {}  # the layer's encoded vectors, shared by its chunks
+        n_heads = int(model.blocks[acts.layer].attn.W_O.shape[0])
+        always_mix = method == "feature_space"
+        with torch.no_grad():
+            for queries in query_chunks(acts.n_pos, batch_rows, n_heads):
+                parts.append(select_chunk(model, acts, enc, variant, queries, cache, k, always_mix=always_mix))
+        return _stacked_rows(parts, acts.n_pos)
+    moved_from = sae.W_enc.device if sae.W_enc.device != device else None
+    if moved_from is not None:
+        sae.to(device)
+    try:
+        with torch.no_grad():
+            for queries in query_chunks(acts.n_pos, batch_rows):
+                x = layer_steps_direct(model, acts, variant, queries, device)
+                parts.append(select_active_topk(sae.encode(x.to(sae.W_enc.dtype)), k))
+    finally:
+        if moved_from is not None:
+            sae.to(moved_from)
+    return _stacked_rows(parts, acts.n_pos)
+
+
+def _stacked_rows(parts: list[tuple], N: int) -> LayerRows:
+    """One layer's :class:`LayerRows` from the selections of its chunks, in order."""
+    counts = np.concatenate([p[2] for p in parts])
+    offsets = np.zeros(counts.size + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(counts)
+    assert counts.size == row_offset(N + 1), "row layout mismatch"
+    return LayerRows(
+        indices=np.concatenate([p[0] for p in parts]),
+        values=np.concatenate([p[1] for p in parts]),
+        offsets=offsets,
+        n_active=np.concatenate([p[3] for p in parts]),
+    )
+
+
+# ------------------------------------------------------------------------ public
+def evolve(
+    model: "HookedTransformer",
+    bank: "SAEBank",
+    prompt: "str | Sequence[int] | torch.Tensor",
+    *,
+    k: int = 400,
+    layers: Iterable[int] | None = None,
+    max_tokens: int | None = 128,
+    postnorm: str = "per_partial_sum",
+    device=None,
+    progress: bool = True,
+    batch_size: int | None = None,
+    method: str = "auto",
+    preset: str | None = None,
+) -> Evolution:
+    """Top-k SAE features of every (prefix length, layer, step) of ``prompt``.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` (e.g. from ``trajectory.load_model``).
+        bank: the SAE bank (``bank[L]`` is layer L's sae-lens SAE).
+        prompt: text (BOS prepended as the model does) or token ids ``[N]``.
+        k: features kept per step, strongest first, active ones only.
+        layers: layers to compute (default: all layers of the bank).
+        max_tokens: refuse longer prompts (BOS included); ``None``: only ``n_ctx`` applies.
+        postnorm: ``"per_partial_sum"`` (the original method: each partial sum normalised
+            with its own RMS) or ``"frozen_scale"`` (exact linear split); models without
+            a post-attention norm always use none.
+        device: where to compute (default: the model's device). SAE weights are moved
+            there one layer at a time.
+        progress: show a progress bar over layers.
+        batch_size: step rows per encode batch (default from the SAE width).
+        method: ``"auto"`` (feature-space mixing when the SAE allows, else direct),
+            ``"feature_space"`` or ``"direct"``.
+        preset: preset name recorded in the result (default: ``bank.preset``).
+
+    Returns:
+        :class:`~trajectory.evolution.Evolution`.
+
+    Example:
+        >>> from trajectory.testing import tiny_model, tiny_bank
+        >>> model = tiny_model(); bank = tiny_bank(model)
+        >>> evo = evolve(model, bank, "mark gave flashlight to", k=5, progress=False)
+        >>> evo.tokens, evo.steps(2)
+        (['<bos>', 'mark', 'gave', 'flashlight', 'to'], ['initial', "key 0 '<bos>'", "key 1 'mark'", 'mlp'])
+    """
+    from tqdm.auto import tqdm
+
+    from trajectory.evolution.attention import POSTNORMS, forward_activations
+
+    if postnorm not in POSTNORMS:
+        raise ValueError(f"unknown postnorm {postnorm!r}; use one of {', '.join(POSTNORMS)}")
+    layers = check_bank(model, bank, None if layers is None else list(layers))
+    ids, strs = prompt_tokens(model, prompt, max_tokens)
+    device = device if device is not None else model.cfg.device
+    all_acts = forward_activations(model, ids, layers)
+    rows: dict[int, LayerRows] = {}
+    for L in tqdm(layers, desc="evolve layers", disable=not progress, unit="layer"):
+        rows[L] = evolve_layer(
+            model, bank[L], all_acts.pop(L), k=k, postnorm=postnorm, method=method, batch_size=batch_size, device=device
+        )
+    settings = dict(k=k, layers=layers, max_tokens=max_tokens, postnorm=postnorm, method=method, device=str(device))
+    return Evolution(
+        tokens=strs,
+        token_ids=[int(t) for t in ids],
+        layers=layers,
+        k=int(k),
+        rows=rows,
+        model_name=str(getattr(bank, "model_name", "") or model.cfg.model_name),
+        preset=preset if preset is not None else getattr(bank, "preset", None),
+        postnorm=postnorm if any(hasattr(model.blocks[L], "ln1_post") for L in layers) else "none",
+        metadata=_metadata(bank, layers, prompt, settings),
+    )
+
+
+def _metadata(bank: "SAEBank", layers: list[int], prompt, settings: dict[str, Any]) -> dict[str, Any]:
+    """The result's metadata: provenance, the SAEs, the bank folder and the prompt text."""
+    from trajectory.io import provenance
+
+    meta = provenance(settings)
+    meta["saes"] = sae_summaries(bank, layers)
+    if getattr(bank, "path", None) is not None:
+        # stage 3 finds the bank's own explanations (locally trained SAEs) through this
+        meta["bank"] = str(Path(bank.path).resolve())
+    if isinstance(prompt, str):
+        meta["prompt"] = prompt
+    return meta
