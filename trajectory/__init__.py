@@ -1,9 +1,11 @@
 """trajectory: SAE feature trajectories across layers and tokens, as NetworkX graphs.
 
-The pipeline, one module per stage::
+The pipeline, one subpackage per stage::
 
-    models.load_model ─► sae_bank.SAEBank ─► engine.evolve ─► evolution.Evolution
-        ─► newcomers.find_newcomers ─► graph.trajectory_graph ─► render / export
+    model.load_model ─► saes.SAEBank ─► evolution.evolve ─► evolution.Evolution
+        ─► newcomers.find_newcomers ─► graph.trajectory_graph ─► render / graph.export
+
+:mod:`trajectory.pipeline` runs the stages as the ``trajectory`` command does.
 
 Heavy libraries (torch, sae_lens, transformer_lens) are imported only when a name
 that needs them is first used, so ``trajectory --help`` and rendering saved graphs
