@@ -1,4 +1,4 @@
-"""PNG figures: exist, have the expected size, are not blank; odd tokens are safe; the CLI."""
+"""PNG figures: exist, have the expected size, are not blank; odd tokens are safe."""
 from __future__ import annotations
 
 import shutil
@@ -61,32 +61,3 @@ def test_pngs_exist_sized_not_blank(reports, tmp_path, artifacts_dir):
         _assert_png(p, (1400, 1000) if p.name.startswith("feature_") else (1400, 800))
         shutil.copy(p, artifacts_dir / f"analysis_{p.name}")
     assert not list(tmp_path.glob(".*tmp*"))
-
-
-def test_cli_real_synthetic_compare(tiny_model, tmp_path, monkeypatch, capsys):
-    """End to end through `trajectory compare` with --sae (a sae-lens folder) and a corpus file."""
-    import trajectory.model.load
-    from trajectory.features import FeatureReport
-    from trajectory.cli import main
-
-    monkeypatch.setattr(trajectory.model.load, "load_model", lambda *a, **k: tiny_model)
-    sae = random_sae(32, 16, seed=2, hook_name=HOOK)
-    sae.save_model(tmp_path / "sae")
-    (tmp_path / "corpus.txt").write_text(" ".join(CORPUS_SENTENCES))
-    out = tmp_path / "out"
-    rc = main(["compare", "--model", "tiny", "--sae", str(tmp_path / "sae"), "--features", "0-1", "--corpus",
-               str(tmp_path / "corpus.txt"), "--context-length", "8", "--n-steps", "4", "--seq-len", "3",
-               "--restarts", "1", "--vocab-from-corpus", str(tmp_path / "corpus.txt"), "--output", str(out), "--no-progress", "--device", "cpu"])
-    assert rc == 0
-    assert {p.name for p in out.iterdir()} >= {"real_report.json", "synthetic_report.json", "comparison.json",
-                                               "feature_0_real.png", "feature_1_synthetic.png", "real_vs_synthetic_comparison.png"}
-    assert FeatureReport.load(out / "real_report.json").hook_name == HOOK
-    syn = FeatureReport.load(out / "synthetic_report.json")
-    corpus_ids = set(tiny_model.to_tokens(" ".join(CORPUS_SENTENCES))[0].tolist())
-    assert syn.settings["vocab_size"] < tiny_model.cfg.d_vocab - 4
-    assert all(set(e.token_ids) <= corpus_ids for s in syn.values() for e in s.examples)
-    assert main(["real", "--features", "5-2", "--sae", "x"]) == 1
-    assert "bad feature range" in capsys.readouterr().err
-    rc = main(["real", "--model", "tiny", "--sae", str(tmp_path / "sae"), "--features", "0-99", "--no-plots",
-               "--corpus", str(tmp_path / "corpus.txt"), "--output", str(out), "--device", "cpu"])
-    assert rc == 1 and "16 features" in capsys.readouterr().err
