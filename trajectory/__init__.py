@@ -18,35 +18,30 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it (imported lazily on first access)
-_EXPORTS = {
-    "load_model": "trajectory.model.load",
-    "PRESETS": "trajectory.presets",
-    "Preset": "trajectory.presets",
-    "get_preset": "trajectory.presets",
-    "SAEBank": "trajectory.saes.bank",
-    "evolve": "trajectory.evolution.engine",
-    "evolve_many": "trajectory.evolution.batch",
-    "Evolution": "trajectory.evolution.result",
-    "find_newcomers": "trajectory.newcomers",
-    "Newcomer": "trajectory.newcomers",
-    "trajectory_graph": "trajectory.graph.build",
-    "feature_graph": "trajectory.graph.build",
-    "export_graph": "trajectory.graph.export",
-    "read_graph": "trajectory.graph.export",
+# submodule -> the public names it defines (imported lazily on first access)
+_MODULES = {
+    "model.load": ("load_model",),
+    "presets": ("PRESETS", "Preset", "get_preset"),
+    "saes.bank": ("SAEBank",),
+    "evolution.engine": ("evolve",),
+    "evolution.batch": ("evolve_many",),
+    "evolution.result": ("Evolution",),
+    "newcomers": ("find_newcomers", "Newcomer"),
+    "graph.build": ("trajectory_graph", "feature_graph"),
+    "graph.export": ("export_graph", "read_graph"),
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
 
+def lazy_exports(namespace: dict[str, Any], modules: dict[str, tuple[str, ...]]):
+    """``(__getattr__, __dir__, __all__)`` for a package whose public names live in submodules.
 
-def lazy_exports(namespace: dict[str, Any], exports: dict[str, str]):
-    """``(__getattr__, __dir__)`` for a package whose public names live in submodules.
-
-    ``exports`` maps a public name to the module defining it; the module is imported on
-    first access (so heavy libraries load only when a name that needs them is used) and
-    the value is cached in ``namespace`` (the package's ``globals()``).
+    ``modules`` maps a submodule (relative to the package) to the names it defines; a
+    submodule is imported on first access to one of its names (so heavy libraries load
+    only when a name that needs them is used) and the value is cached in ``namespace``
+    (the package's ``globals()``).
     """
     package = namespace["__name__"]
+    exports = {name: f"{package}.{module}" for module, names in modules.items() for name in names}
 
     def __getattr__(name: str) -> Any:
         module = exports.get(name)
@@ -59,7 +54,8 @@ def lazy_exports(namespace: dict[str, Any], exports: dict[str, str]):
     def __dir__() -> list[str]:
         return sorted(set(namespace) | set(exports))
 
-    return __getattr__, __dir__
+    return __getattr__, __dir__, sorted(exports)
 
 
-__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(globals(), _MODULES)
+__all__ = __all__ + ["__version__"]

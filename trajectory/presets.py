@@ -59,6 +59,20 @@ class Preset:
         return int(layer)
 
 
+def _gemma_scope_2b(width: str, note: str) -> Preset:
+    """Gemma-2-2B with the canonical Gemma Scope residual SAEs of one width (``"16k"``, ``"65k"``)."""
+    return Preset(
+        name=f"gemma-2-2b-res-{width}",
+        model_name="google/gemma-2-2b",
+        n_layers=26,
+        sae_release="gemma-scope-2b-pt-res-canonical",
+        sae_id_template=f"layer_{{layer}}/width_{width}/canonical",
+        neuronpedia_model="gemma-2-2b",
+        neuronpedia_source_template=f"{{layer}}-gemmascope-res-{width}",
+        description=f"Gemma-2-2B + Gemma Scope residual SAEs, {width} ({note})",
+    )
+
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
@@ -69,26 +83,8 @@ PRESETS: dict[str, Preset] = {
             model_source="offline-gguf",
             description="Gemma 3 270M from PyPI (GGUF, dequantised to fp32) + SAEs trained locally; no network",
         ),
-        Preset(
-            name="gemma-2-2b-res-16k",
-            model_name="google/gemma-2-2b",
-            n_layers=26,
-            sae_release="gemma-scope-2b-pt-res-canonical",
-            sae_id_template="layer_{layer}/width_16k/canonical",
-            neuronpedia_model="gemma-2-2b",
-            neuronpedia_source_template="{layer}-gemmascope-res-16k",
-            description="Gemma-2-2B + Gemma Scope residual SAEs, 16k (Hugging Face access; GPU advised)",
-        ),
-        Preset(
-            name="gemma-2-2b-res-65k",
-            model_name="google/gemma-2-2b",
-            n_layers=26,
-            sae_release="gemma-scope-2b-pt-res-canonical",
-            sae_id_template="layer_{layer}/width_65k/canonical",
-            neuronpedia_model="gemma-2-2b",
-            neuronpedia_source_template="{layer}-gemmascope-res-65k",
-            description="Gemma-2-2B + Gemma Scope residual SAEs, 65k (~31 GB fp32 for 26 layers)",
-        ),
+        _gemma_scope_2b("16k", "Hugging Face access; GPU advised"),
+        _gemma_scope_2b("65k", "~31 GB fp32 for 26 layers"),
         Preset(
             name="gemma-3-270m-res-16k",
             model_name="google/gemma-3-270m",

@@ -54,31 +54,35 @@ def _synthetic_args(p: argparse.ArgumentParser) -> None:
                    "much faster with large vocabularies such as Gemma's 262k (default: all non-special tokens)")
 
 
+#: sub-command -> (help, description, option groups, report options)
+_COMMANDS = {
+    "real": ("features on real text: top contexts, density, histogram, logit effects",
+             "Scan a corpus through the model and one layer's SAE; per feature: top-activating contexts, density, "
+             "mean/max, histogram, decoder norm, logit effects; PNGs + real_report.json.",
+             (_real_args,), ()),
+    "synthetic": ("features on optimised inputs: token sequences that maximise them",
+                  "Gradient search in embedding space (softmax relaxation over the vocabulary, annealed, projected "
+                  "to real tokens); reports the projected sequence's real activation.",
+                  (_synthetic_args,),
+                  (("--real-report", "a real_report.json to compare each feature with its best real activation"),)),
+    "compare": ("real vs synthetic activations per feature and in summary",
+                "Run (or reuse) the real and synthetic analyses of the same features and compare the synthetic "
+                "activation with the best real one.",
+                (_real_args, _synthetic_args),
+                (("--real-report", "reuse this real_report.json instead of scanning"),
+                 ("--synthetic-report", "reuse this synthetic_report.json instead of optimising"))),
+}
+
+
 def register(sub) -> None:
-    p = options.add_parser(sub, "real", help="features on real text: top contexts, density, histogram, logit effects",
-                       description="Scan a corpus through the model and one layer's SAE; per feature: top-activating "
-                       "contexts, density, mean/max, histogram, decoder norm, logit effects; PNGs + real_report.json.")
-    _common(p)
-    _real_args(p)
-    p.set_defaults(func=run, analysis_mode="real")
-
-    p = options.add_parser(sub, "synthetic", help="features on optimised inputs: token sequences that maximise them",
-                       description="Gradient search in embedding space (softmax relaxation over the vocabulary, "
-                       "annealed, projected to real tokens); reports the projected sequence's real activation.")
-    _common(p)
-    _synthetic_args(p)
-    p.add_argument("--real-report", default=None, help="a real_report.json to compare each feature with its best real activation")
-    p.set_defaults(func=run, analysis_mode="synthetic")
-
-    p = options.add_parser(sub, "compare", help="real vs synthetic activations per feature and in summary",
-                       description="Run (or reuse) the real and synthetic analyses of the same features and compare "
-                       "the synthetic activation with the best real one.")
-    _common(p)
-    _real_args(p)
-    _synthetic_args(p)
-    p.add_argument("--real-report", default=None, help="reuse this real_report.json instead of scanning")
-    p.add_argument("--synthetic-report", default=None, help="reuse this synthetic_report.json instead of optimising")
-    p.set_defaults(func=run, analysis_mode="compare")
+    for mode, (help_text, description, groups, reports) in _COMMANDS.items():
+        p = options.add_parser(sub, mode, help=help_text, description=description)
+        _common(p)
+        for add in groups:
+            add(p)
+        for flag, text in reports:
+            p.add_argument(flag, default=None, help=text)
+        p.set_defaults(func=run, analysis_mode=mode)
 
 
 def run(args) -> int:

@@ -10,14 +10,11 @@
 """
 from trajectory import lazy_exports
 
-_EXPORTS = {
-    "evolve": "trajectory.evolution.engine",
-    "evolve_many": "trajectory.evolution.batch",
-    "prompt_tokens": "trajectory.evolution.engine",
-    "Evolution": "trajectory.evolution.result",
-    "attn_contributions": "trajectory.evolution.attention",
-    "attn_partial_sums": "trajectory.evolution.attention",
-    "select_active_topk": "trajectory.evolution.topk",
+_MODULES = {
+    "engine": ("evolve", "prompt_tokens"),
+    "batch": ("evolve_many",),
+    "result": ("Evolution",),
+    "attention": ("attn_contributions", "attn_partial_sums"),
+    "topk": ("select_active_topk",),
 }
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(globals(), _MODULES)

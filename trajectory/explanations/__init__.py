@@ -8,10 +8,9 @@
 """
 from trajectory import lazy_exports
 
-_EXPORTS = {
-    "explain_features": "trajectory.explanations.lookup",
-    "NeuronpediaClient": "trajectory.explanations.neuronpedia",
-    "local_explanations": "trajectory.explanations.local",
+_MODULES = {
+    "lookup": ("explain_features",),
+    "neuronpedia": ("NeuronpediaClient",),
+    "local": ("local_explanations",),
 }
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(globals(), _MODULES)

@@ -32,7 +32,4 @@ _MODULES = {
     "comparison": ("compare", "Comparison"),
     "plots": ("render_real", "render_synthetic", "render_comparison"),
 }
-_EXPORTS = {name: f"{__name__}.{module}" for module, names in _MODULES.items() for name in names}
-
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(globals(), _MODULES)

@@ -9,18 +9,9 @@ No torch here: graphs build from saved evolution files.
 """
 from trajectory import lazy_exports
 
-_EXPORTS = {
-    "trajectory_graph": "trajectory.graph.build",
-    "feature_graph": "trajectory.graph.build",
-    "graph_for_prefix": "trajectory.graph.build",
-    "graph_features": "trajectory.graph.build",
-    "attach_explanations": "trajectory.graph.build",
-    "export_graph": "trajectory.graph.export",
-    "read_graph": "trajectory.graph.export",
-    "strongest_paths": "trajectory.graph.analysis",
-    "layer_flow": "trajectory.graph.analysis",
-    "recurring_features": "trajectory.graph.analysis",
-    "compare_graphs": "trajectory.graph.analysis",
+_MODULES = {
+    "build": ("trajectory_graph", "feature_graph", "graph_for_prefix", "graph_features", "attach_explanations"),
+    "export": ("export_graph", "read_graph"),
+    "analysis": ("strongest_paths", "layer_flow", "recurring_features", "compare_graphs"),
 }
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(globals(), _MODULES)

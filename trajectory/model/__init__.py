@@ -8,12 +8,9 @@
 """
 from trajectory import lazy_exports
 
-_EXPORTS = {
-    "load_model": "trajectory.model.load",
-    "default_device": "trajectory.model.load",
-    "parse_dtype": "trajectory.model.load",
-    "offline_model_dir": "trajectory.model.offline_gguf",
-    "use_linear_layout": "trajectory.model.linear_layout",
+_MODULES = {
+    "load": ("load_model", "default_device", "parse_dtype"),
+    "offline_gguf": ("offline_model_dir",),
+    "linear_layout": ("use_linear_layout",),
 }
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(globals(), _MODULES)

@@ -141,24 +141,12 @@ def _titles(lines: RankLines, title: str | None) -> tuple[str, str]:
     return head, sub
 
 
-def evolution_plot_png(
-    evo,
-    layer: int,
-    n: int,
-    path: str | Path,
-    *,
-    T: int = 22,
-    through: str = "attention",
-    top: int | None = None,
-    newcomers: Iterable[Any] | None = None,
-    explanations: Mapping[int, str] | None = None,
-    title: str | None = None,
-    dpi: int = 150,
-) -> Path:
+def evolution_plot_png(evo, layer: int, n: int, path: str | Path, *, title: str | None = None, dpi: int = 150,
+                       **lines_options: Any) -> Path:
     """Draw the evolution plot of (layer, n) to a PNG (written atomically); returns the path.
 
-    See :func:`rank_lines` for ``T``, ``through``, ``top`` and ``newcomers``;
-    ``explanations`` (feature -> text) label the newcomers in the legend.
+    ``lines_options`` go to :func:`rank_lines`: ``T`` (default 22), ``through``, ``top``,
+    ``newcomers`` and ``explanations`` (feature -> text, labelling the newcomers in the legend).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -166,7 +154,7 @@ def evolution_plot_png(
 
     from trajectory.render.png import _fonts, png_token_label
 
-    lines = rank_lines(evo, layer, n, T=T, through=through, top=top, newcomers=newcomers, explanations=explanations)
+    lines = rank_lines(evo, layer, n, **lines_options)
     S = n + 2
     labels = lines.step_labels(png_token_label)
     families, _ = _fonts()
@@ -309,23 +297,12 @@ def build_evolution_figure(lines: RankLines, *, k: int | None = None, title: str
     return fig
 
 
-def evolution_plot_html(
-    evo,
-    layer: int,
-    n: int,
-    path: str | Path,
-    *,
-    T: int = 22,
-    through: str = "attention",
-    top: int | None = None,
-    newcomers: Iterable[Any] | None = None,
-    explanations: Mapping[int, str] | None = None,
-    title: str | None = None,
-) -> Path:
+def evolution_plot_html(evo, layer: int, n: int, path: str | Path, *, title: str | None = None,
+                        **lines_options: Any) -> Path:
     """Write the evolution plot of (layer, n) as a self-contained HTML page (plotly.js
-    inlined, atomic write); returns the path. Arguments as :func:`evolution_plot_png`.
+    inlined, atomic write); returns the path. Options as :func:`evolution_plot_png`.
     Hover a point for the feature, step, rank, activation and explanation."""
-    lines = rank_lines(evo, layer, n, T=T, through=through, top=top, newcomers=newcomers, explanations=explanations)
+    lines = rank_lines(evo, layer, n, **lines_options)
     fig = build_evolution_figure(lines, k=evo.k, title=title)
     page = fig.to_html(include_plotlyjs=True, full_html=True, div_id=EVOLUTION_DIV_ID, default_width="100%",
                        default_height="720px", config={"scrollZoom": True, "displaylogo": False, "responsive": True})

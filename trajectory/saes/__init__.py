@@ -9,16 +9,10 @@
 """
 from trajectory import lazy_exports
 
-_EXPORTS = {
-    "SAEBank": "trajectory.saes.bank",
-    "BankEntry": "trajectory.saes.bank",
-    "CorruptBankError": "trajectory.saes.bank_format",
-    "BankTooLargeError": "trajectory.saes.memory",
-    "read_manifest": "trajectory.saes.bank_format",
-    "read_explanations": "trajectory.saes.bank_format",
-    "load_sae": "trajectory.saes.formats",
-    "build_sae": "trajectory.saes.formats",
-    "check_sae_fits": "trajectory.saes.formats",
+_MODULES = {
+    "bank": ("SAEBank", "BankEntry"),
+    "bank_format": ("CorruptBankError", "read_manifest", "read_explanations"),
+    "memory": ("BankTooLargeError",),
+    "formats": ("load_sae", "build_sae", "check_sae_fits"),
 }
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(globals(), _MODULES)

@@ -8,15 +8,11 @@
 """
 from trajectory import lazy_exports
 
-_EXPORTS = {
-    "TrainConfig": "trajectory.training.config",
-    "train_bank": "trajectory.training.train",
-    "train_sae": "trajectory.training.train",
-    "evaluate_sae": "trajectory.training.metrics",
-    "spliced_losses": "trajectory.training.metrics",
-    "load_corpus": "trajectory.training.corpus",
-    "ActivationStore": "trajectory.training.store",
-    "collect_activations": "trajectory.training.store",
+_MODULES = {
+    "config": ("TrainConfig",),
+    "train": ("train_bank", "train_sae"),
+    "metrics": ("evaluate_sae", "spliced_losses"),
+    "corpus": ("load_corpus",),
+    "store": ("ActivationStore", "collect_activations"),
 }
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(globals(), _MODULES)
