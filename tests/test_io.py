@@ -57,3 +57,44 @@ def test_jsonable_makes_plain_json():
 def test_jsonable_strict_refuses_unknown_objects():
     with pytest.raises(TypeError, match="cannot be written as JSON"):
         jsonable({"a": [object()]}, strict=True)
+
+
+def test_clean_stale_temp_files(tmp_path):
+    """Only atomic_path's leftovers go: those of dead writers, and old ones of unknown writer."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = [tmp_path / f".graph.png.{dead.pid}-abcd1234.tmp.png", tmp_path / ".old.json.q2w3e4r5.tmp.json"]
+    kept = [tmp_path / f".live.png.{os.getpid()}-abcd1234.tmp.png", tmp_path / ".new.json.z9x8c7v6.tmp.json",
+            tmp_path / "graph.png", tmp_path / "user.tmp.png", tmp_path / ".hidden"]
+    for path in gone + kept:
+        path.write_text("x")
+    hour_ago = time.time() - 7200
+    os.utime(gone[1], (hour_ago, hour_ago))
+    from trajectory.io import clean_stale_temp_files
+
+    assert sorted(clean_stale_temp_files(tmp_path)) == sorted(gone)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in gone)
+    with atomic_path(tmp_path / "a.txt") as tmp:  # its own temporary name carries this pid
+        assert f".a.txt.{os.getpid()}-" in tmp.name and clean_stale_temp_files(tmp_path) == []
+
+
+def test_output_path_checks(tmp_path):
+    from trajectory.io import check_output_dir, check_output_file
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir" / "graph.png").mkdir(parents=True)
+    with pytest.raises(ValueError, match="existing folder"):
+        check_output_file(tmp_path / "dir")
+    with pytest.raises(ValueError, match="which is a file"):
+        check_output_file(tmp_path / "file" / "x.json")
+    with pytest.raises(ValueError, match="existing file"):
+        check_output_dir(tmp_path / "file")
+    with pytest.raises(ValueError, match="'graph.png'"):
+        check_output_dir(tmp_path / "dir", ["graph.json", "graph.png"])
+    assert check_output_dir(tmp_path / "new" / "deeper", ["graph.png"]) == tmp_path / "new" / "deeper"
+    assert check_output_file(tmp_path / "new" / "e.safetensors").name == "e.safetensors"

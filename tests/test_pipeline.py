@@ -13,7 +13,7 @@ def test_failing_explanations_warn_and_render(tmp_path, monkeypatch):
 
     import trajectory.explanations.lookup as lookup
 
-    def explain_features(evo, features, *, offline, bank_path=None):
+    def explain_features(evo, features, *, offline, bank_path=None, neuronpedia_url=None):
         raise ConnectionError("neuronpedia unreachable")
 
     monkeypatch.setattr(lookup, "explain_features", explain_features)
@@ -22,7 +22,7 @@ def test_failing_explanations_warn_and_render(tmp_path, monkeypatch):
     assert any("neuronpedia unreachable" in w for w in result.warnings)
 
     monkeypatch.setattr(lookup, "explain_features",
-                        lambda evo, features, *, offline, bank_path=None: {(1, 100): "hundred", (0, 200): ""})
+                        lambda evo, features, *, offline, bank_path=None, neuronpedia_url=None: {(1, 100): "hundred", (0, 200): ""})
     result = write_graph_outputs(make_evolution(), tmp_path, GraphConfig(formats=["json"], T=5, offline=True))
     assert result.explained == 1
     assert result.graph.nodes[(3, 1)]["newcomers"][0]["explanation"] == "hundred"
@@ -70,3 +70,18 @@ def test_read_prompts(tmp_path):
         read_prompts(path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_prompts(tmp_path / "missing.txt")
+
+
+def test_neuronpedia_url_reaches_explain_features(tmp_path, monkeypatch):
+    import trajectory.explanations.lookup as lookup
+
+    seen = []
+
+    def explain_features(evo, features, *, offline, bank_path=None, neuronpedia_url=None):
+        seen.append(neuronpedia_url)
+        return {}
+
+    monkeypatch.setattr(lookup, "explain_features", explain_features)
+    write_graph_outputs(make_evolution(), tmp_path, GraphConfig(formats=["json"], T=5,
+                                                                neuronpedia_url="http://127.0.0.1:9/np"))
+    assert seen == ["http://127.0.0.1:9/np"]

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 #: Default folder for outputs of the three stages (relative to the working directory).
 #: Only the CLI and :mod:`trajectory.pipeline` default to it; library functions take paths.
@@ -102,7 +103,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    # the writer's pid in the name tells a later run which leftovers are stale (clean_stale_temp_files)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -124,3 +126,75 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+
+
+_TEMP = re.compile(r"^\..+\.(?:(?P<pid>\d+)-)?[A-Za-z0-9_]{6,}\.tmp(?:\.[A-Za-z0-9]+)?$")
+
+
+def clean_stale_temp_files(folder: str | os.PathLike, *, max_age_s: float = 3600.0) -> list[Path]:
+    """Remove temporary files that :func:`atomic_path` left in ``folder`` when a run was
+    killed (SIGKILL leaves no chance to clean up); returns what was removed.
+
+    Only files named as ``atomic_path`` names them are touched: those whose writer
+    process no longer runs, and those of unknown writer older than ``max_age_s``.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        m = _TEMP.match(entry.name)
+        if not m or not entry.is_file():
+            continue
+        pid = int(m.group("pid")) if m.group("pid") else None
+        stale = (pid is not None and pid != os.getpid() and not _alive(pid)) or \
+            (pid is None and time.time() - entry.stat().st_mtime > max_age_s)
+        if stale:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Refuse, before any work, an output file path that cannot be written: an existing
+    folder, or a path below an existing file. Returns the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is an existing folder; pass a file name (e.g. {path / 'out'}{path.suffix})")
+    _check_parents(path, what)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, names: Iterable[str] = (), what: str = "output folder") -> Path:
+    """Refuse, before any work, an output folder that cannot be used: an existing file, a
+    path below a file, or one whose ``names`` (files to write in it) are existing folders."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is an existing file; pass a folder")
+    _check_parents(path, what)
+    for name in names:
+        if (path / name).is_dir():
+            raise ValueError(f"{what} {path} holds a folder named {name!r} where a file must go; "
+                             "remove it or pass another folder")
+    return path
+
+
+def _check_parents(path: Path, what: str) -> None:
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{what} {path} is below {parent}, which is a file; pass another path")
+            if not os.access(parent, os.W_OK):
+                raise ValueError(f"{what} {path}: no permission to write in {parent}")
+            return

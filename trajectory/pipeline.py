@@ -106,11 +106,12 @@ def preload_bank(config: PreloadConfig, out: str | Path | None = None, *, progre
     Layers the folder already has (in the same dtype) are kept unless ``config.force``;
     a complete bank is left as it is.
     """
+    from trajectory.io import check_output_dir
     from trajectory.presets import get_preset
     from trajectory.saes.bank_format import MANIFEST, read_manifest
 
     preset = None if config.custom else get_preset(config.preset)
-    out = Path(out) if out else default_bank_dir(config.source_name())
+    out = check_output_dir(out or default_bank_dir(config.source_name()), [MANIFEST], what="bank folder")
     layers = _preload_layers(config, preset)
     existing = read_manifest(out) if (out / MANIFEST).is_file() else None
     have = {int(k) for k in existing["layers"]} if existing else set()
@@ -259,9 +260,38 @@ class EvolveResult:
     index: Path | None = None
 
 
-def default_evolve_out(preset: str, many: bool) -> Path:
-    """``results/<preset>/evolution.safetensors``, or ``results/<preset>/evolutions/`` for a prompt file."""
-    return RESULTS_DIR / preset / ("evolutions" if many else "evolution.safetensors")
+def prompt_slug(prompt: str, *, words: int = 6, length: int = 40) -> str:
+    """A folder name for a prompt: its first words (letters, digits, ``-``) and a short
+    hash of the whole text, e.g. ``mark-gave-flashlight-to-3f2a9c1e``."""
+    import hashlib
+
+    text = re.sub(r"[^a-z0-9]+", "-", " ".join(prompt.lower().split()[:words])).strip("-")[:length].strip("-")
+    digest = hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:8]
+    return f"{text}-{digest}" if text else digest
+
+
+def default_evolve_out(preset: str, prompt: str | None = None) -> Path:
+    """``results/<preset>/<prompt slug>/evolution.safetensors`` for one prompt (so a new
+    prompt never replaces another's file or leaves it a stale graph), or
+    ``results/<preset>/evolutions/`` for a prompt file (``prompt=None``)."""
+    if prompt is None:
+        return RESULTS_DIR / preset / "evolutions"
+    return RESULTS_DIR / preset / prompt_slug(prompt) / "evolution.safetensors"
+
+
+def _check_replace(path: Path, prompt: str, overwrite: bool) -> None:
+    """Refuse to replace the evolution of another prompt at ``path`` unless ``overwrite``."""
+    if overwrite or not path.is_file():
+        return
+    from trajectory.evolution.result import Evolution
+
+    try:
+        old = Evolution.load(path).metadata.get("prompt")
+    except (OSError, ValueError):
+        old = None  # unreadable: not an evolution we would lose
+    if old is not None and old != prompt:
+        raise ValueError(f"{path} holds the evolution of another prompt ({old[:60]!r}); pass --overwrite to "
+                         "replace it, or another --out (by default each prompt gets its own folder)")
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -294,23 +324,30 @@ def run_evolve(config: EvolveConfig, *, prompt: str | None = None, prompts: Sequ
     """
     from trajectory.presets import get_preset
 
+    from trajectory.io import check_output_dir, check_output_file, clean_stale_temp_files
+
     get_preset(config.preset)  # an unknown preset fails before anything loads
     if prompt is not None and prompts is not None:
         raise ValueError("pass either --prompt or --prompt-file, not both")
+    if prompts is not None:
+        target = check_output_dir(out or default_evolve_out(config.preset), ["index.json"])
+    else:
+        prompt = ORIGINAL_PROMPT if prompt is None else prompt
+        target = check_output_file(out or default_evolve_out(config.preset, prompt), "evolution file")
+        _check_replace(target, prompt, overwrite)
+    clean_stale_temp_files(target if prompts is not None else target.parent)
     model, bank, device = inputs or load_stage_inputs(config)
     options = config.engine_options(device)
     if prompts is not None:
         from trajectory.evolution.batch import evolve_many
 
-        folder = Path(out) if out else default_evolve_out(config.preset, many=True)
-        paths = evolve_many(model, bank, list(prompts), folder, overwrite=overwrite, progress=progress, **options)
-        return EvolveResult([Path(p) for p in paths], folder, index=folder / "index.json")
+        paths = evolve_many(model, bank, list(prompts), target, overwrite=overwrite, progress=progress, **options)
+        return EvolveResult([Path(p) for p in paths], target, index=target / "index.json")
     from trajectory.evolution.engine import evolve
 
-    evo = evolve(model, bank, ORIGINAL_PROMPT if prompt is None else prompt, progress=progress, **options)
-    path = Path(out) if out else default_evolve_out(config.preset, many=False)
-    evo.save(path)
-    return EvolveResult([path], path, evolution=evo)
+    evo = evolve(model, bank, prompt, progress=progress, **options)
+    evo.save(target)
+    return EvolveResult([target], target, evolution=evo)
 
 
 # ----------------------------------------------------------------------------- stage 3
@@ -324,6 +361,7 @@ class GraphConfig:
     include_bos: bool = False
     explanations: bool = True
     offline: bool = False
+    neuronpedia_url: str | None = None
     bank: str | Path | None = None
     evolution_plots: bool = False
     name: str = "graph"
@@ -354,12 +392,23 @@ def parse_formats(formats: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(parsed))
 
 
+def latest_evolution(root: str | Path = RESULTS_DIR) -> Path:
+    """The most recently written ``evolution.safetensors`` below ``root`` (what ``trajectory
+    graph`` draws when no file is named); a clear error when there is none."""
+    found = sorted(Path(root).glob("*/**/evolution.safetensors"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no evolution file under {root}/; run `trajectory evolve` first, or name the file: "
+                                "`trajectory graph FILE`")
+    return found[-1]
+
+
 def default_graph_out(evolution_path: str | Path) -> Path:
     """The ``graph`` folder beside an evolution file."""
     return Path(evolution_path).resolve().parent / "graph"
 
 
-def graph_explanations(evo: "Evolution", features, *, offline: bool, bank_path=None) -> dict[tuple[int, int], str]:
+def graph_explanations(evo: "Evolution", features, *, offline: bool, bank_path=None, neuronpedia_url=None
+                       ) -> dict[tuple[int, int], str]:
     """Explanations of ``(layer, feature)`` pairs; ``{}`` with a warning when they cannot
     be had (network down, no bank, ...): a graph always renders."""
     features = list(features)
@@ -368,7 +417,8 @@ def graph_explanations(evo: "Evolution", features, *, offline: bool, bank_path=N
     try:
         from trajectory.explanations.lookup import explain_features
 
-        return dict(explain_features(evo, features, offline=offline, bank_path=bank_path) or {})
+        return dict(explain_features(evo, features, offline=offline, bank_path=bank_path,
+                                     neuronpedia_url=neuronpedia_url) or {})
     except Exception as exc:  # noqa: BLE001 - any failure here must not stop the graph
         warnings.warn(f"no feature explanations ({type(exc).__name__}: {exc}); rendering without them", stacklevel=2)
         return {}
@@ -379,14 +429,19 @@ def write_graph_outputs(evo: "Evolution", out: str | Path, config: GraphConfig |
     from trajectory.graph.build import attach_explanations, graph_features, trajectory_graph
     from trajectory.graph.export import export_graph
 
+    from trajectory.io import check_output_dir, clean_stale_temp_files
+
     config = config or GraphConfig()
-    out = Path(out)
+    out = check_output_dir(out, [f"{config.name}.{fmt}" for fmt in config.formats])
+    for folder in (out, out / "evolution"):
+        clean_stale_temp_files(folder)
     g = trajectory_graph(evo, T=config.T, through=config.through, include_bos=config.include_bos)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         texts = {}
         if config.explanations:
-            texts = graph_explanations(evo, graph_features(g), offline=config.offline, bank_path=config.bank)
+            texts = graph_explanations(evo, graph_features(g), offline=config.offline, bank_path=config.bank,
+                                       neuronpedia_url=config.neuronpedia_url)
             attach_explanations(g, texts)
     result = GraphOutputs(g, sum(1 for v in texts.values() if v), warnings=[str(w.message) for w in caught])
     for fmt in config.formats:

@@ -35,14 +35,19 @@ def test_every_command_is_registered(parser, capsys):
                       batch_size=None, overwrite=False)),
     (["evolve", "--postnorm", "frozen_scale", "--dtype", "bfloat16", "--bank", "B", "--k", "7", "--method", "direct"],
      dict(postnorm="frozen_scale", dtype="bfloat16", bank="B", k=7, method="direct")),
-    (["graph"], dict(evolution="results/offline/evolution.safetensors", T=22, through="attention", include_bos=False,
+    (["graph"], dict(file=None, evolution=None, T=22, through="attention", include_bos=False,
                      offline=False, bank=None, no_explanations=False, evolution_plots=True, out=None, name="graph")),
-    (["graph", "--T", "13", "--through", "mlp", "--no-evolution-plots", "--formats", "png"],
-     dict(T=13, through="mlp", evolution_plots=False, formats="png")),
+    (["graph", "e.safetensors", "--T", "13", "--through", "mlp", "--no-evolution-plots", "--formats", "png"],
+     dict(file="e.safetensors", T=13, through="mlp", evolution_plots=False, formats="png")),
+    (["graph", "--top-rank", "10"], dict(T=10)),
     (["real", "--features", "0-3", "--layer", "6"],
      dict(features="0-3", layer=6, preset="offline", max_examples=20, batch_size=16, context_length=128,
           max_tokens=None, include_bos=False, no_plots=False, out=None, analysis_mode="real")),
     (["real", "--features", "1", "--layer", "2", "--output", "o"], dict(out="o")),  # old spelling of --out
+    (["real", "--features", "1", "--layer", "2", "--scan-tokens", "500", "--count-bos"],
+     dict(max_tokens=500, include_bos=True)),
+    (["real", "--features", "1", "--layer", "2", "--max-tokens", "500", "--include-bos"],  # old spellings
+     dict(max_tokens=500, include_bos=True)),
     (["synthetic", "--features", "1", "--layer", "2", "--n-steps", "5", "--vocab-from-corpus", "default"],
      dict(n_steps=5, seq_len=8, learning_rate=0.1, restarts=3, seed=0, vocab_from_corpus="default",
           analysis_mode="synthetic")),
@@ -58,6 +63,7 @@ def test_options(parser, argv, expected):
 
 @pytest.mark.parametrize("argv", [
     ["graph", "--t", "10"],               # once taken as --through
+    ["graph", "--top", "10"],
     ["evolve", "--pro", "x"],             # --prompt / --prompt-file
     ["preload", "--lay", "0"],
     ["real", "--features", "1", "--lay", "2"],

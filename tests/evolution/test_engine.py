@@ -188,3 +188,82 @@ def test_benchmark_baselines_compute_the_same_evolution(tiny_model, tiny_bank, t
             idx, _ = evo.topk(n, L, s)
             assert set(top[s, : len(idx)].tolist()) == set(idx.tolist())
     assert naive_floor(tiny_model, tiny_bank, tokens, [0, 1, 2]) == 3 * sum(n + 2 for n in range(2, 11))
+
+
+# ------------------------------------------------------- limits checked before the model runs
+def _no_forward(monkeypatch):
+    """Make the forward pass fail the test: the checks must come before it."""
+    import trajectory.evolution.attention as attention
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the model ran before the check")
+
+    monkeypatch.setattr(attention, "forward_activations", forbidden)
+
+
+def test_long_text_prompt_is_counted_in_full_not_truncated(tiny_model, tiny_bank, monkeypatch):
+    """TransformerLens cuts text at n_ctx (128 here) unless told not to; the prompt of 140
+    words + BOS must be refused with its true length, whatever --max-tokens says."""
+    words = " ".join(["room"] * 140)
+    assert tiny_model.cfg.n_ctx == 128
+    _no_forward(monkeypatch)
+    for max_tokens in (None, 128, 100000):
+        with pytest.raises(ValueError, match="141 tokens.*context of 128"):
+            evolve(tiny_model, tiny_bank, words, max_tokens=max_tokens, progress=False)
+    with pytest.raises(ValueError, match="61 tokens.*max_tokens=50"):
+        evolve(tiny_model, tiny_bank, " ".join(["room"] * 60), max_tokens=50, progress=False)
+
+
+def test_work_above_the_bound_is_refused_before_the_model_runs(tiny_model, tiny_bank, monkeypatch):
+    from trajectory.evolution.engine import step_rows
+
+    n_tok = len(PROMPT.split()) + 1  # BOS
+    per_layer = sum(n + 2 for n in range(2, n_tok + 1))  # every prefix: initial, its keys, mlp
+    assert step_rows(n_tok) == per_layer and step_rows(n_tok, 3) == 3 * per_layer
+    default = evolve(tiny_model, tiny_bank, PROMPT, k=K, progress=False)
+    unbounded = evolve(tiny_model, tiny_bank, PROMPT, k=K, max_rows=None, progress=False)
+    exact = evolve(tiny_model, tiny_bank, PROMPT, k=K, max_rows=3 * per_layer, progress=False)
+    for other in (unbounded, exact):  # the bound changes nothing below it
+        for L in default.layers:
+            for f in ("indices", "values", "offsets", "n_active"):
+                np.testing.assert_array_equal(getattr(default.rows[L], f), getattr(other.rows[L], f))
+    _no_forward(monkeypatch)
+    with pytest.raises(ValueError, match=rf"{n_tok} tokens over 3 layer.*{3 * per_layer:,} step rows.*"
+                                         rf"max_rows={3 * per_layer - 1:,}.*--layers.*shorter prompt.*--max-rows"):
+        evolve(tiny_model, tiny_bank, PROMPT, k=K, max_rows=3 * per_layer - 1, progress=False)
+    # the default bound admits the default max_tokens of 128 on a model of 26 layers (Gemma 2 2B)
+    from trajectory.evolution.engine import DEFAULT_MAX_ROWS
+
+    assert 26 * sum(n + 2 for n in range(2, 129)) <= DEFAULT_MAX_ROWS
+    # and refuses the issue's 8,301-token prompt on 18 layers (Gemma 3 270M)
+    assert 18 * sum(n + 2 for n in range(2, 8302)) > DEFAULT_MAX_ROWS
+
+
+def test_bank_of_another_model_is_refused_unless_allowed(tiny_model, tiny_bank, monkeypatch):
+    """Same width, other model name: refused, naming both and the override; allowed on
+    request, the result names the model that ran and records the bank's model."""
+    from trajectory.saes.bank import SAEBank
+
+    other = SAEBank(tiny_bank.entries, model_name="google/gemma-3-270m")
+    with monkeypatch.context() as m:
+        _no_forward(m)
+        with pytest.raises(ValueError, match="made for 'google/gemma-3-270m'.*model is 'tiny-gemma2'.*"
+                                             "--allow-other-model.*allow_other_model=True"):
+            evolve(tiny_model, other, PROMPT, k=K, progress=False)
+    crossed = evolve(tiny_model, other, PROMPT, k=K, layers=[1], progress=False, allow_other_model=True)
+    own = evolve(tiny_model, tiny_bank, PROMPT, k=K, layers=[1], progress=False)
+    assert crossed.model_name == own.model_name == "tiny-gemma2"
+    assert crossed.metadata["bank_model_name"] == "google/gemma-3-270m" and "bank_model_name" not in own.metadata
+    np.testing.assert_array_equal(crossed.rows[1].indices, own.rows[1].indices)
+    # other spellings of the same model pass; a bank without a name passes
+    for name in ("someorg/Tiny-Gemma2", "TINY-GEMMA2", ""):
+        evolve(tiny_model, SAEBank(tiny_bank.entries, model_name=name), PROMPT, k=K, layers=[0], progress=False)
+
+
+def test_model_key_compares_spellings_of_one_model():
+    from trajectory.evolution.engine import model_key
+
+    assert model_key("google/gemma-2-2b") == model_key("gemma-2-2b") == "gemma-2-2b"
+    assert model_key("gpt2-small") == model_key("gpt2") == "gpt2"  # a TransformerLens alias
+    assert model_key("google/gemma-3-270m") != model_key("gemma-2-2b")
+    assert model_key("my-org/My-Model") == "my-model"

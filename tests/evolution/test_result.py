@@ -176,3 +176,26 @@ def test_header_that_is_not_an_object_is_a_clear_error(evo, tmp_path):
     save_file(tensors, str(path), metadata={"trajectory": json.dumps(["trajectory-evolution"])})
     with pytest.raises(ValueError, match="not a readable trajectory evolution file"):
         Evolution.load(path)
+
+
+@pytest.mark.parametrize("pandas", [False, True])
+def test_table_rows_hold_the_values_of_topk(evo, pandas):
+    """Every row of the tidy table, value by value, against a table built here from
+    ``evo.topk``: ranks 1-based (1 = strongest), features and activations in order, step
+    labels naming the key token, and nothing else."""
+    if pandas:
+        pytest.importorskip("pandas")
+    expected = []
+    for layer in (0, 1, 2):
+        for n in range(2, len(PROMPT.split()) + 2):
+            labels = ["initial"] + [f"key {j} {evo.tokens[j]!r}" for j in range(n)] + ["mlp"]
+            for s, label in enumerate(labels):
+                idx, val = evo.topk(n, layer, s)
+                for position in range(len(idx)):
+                    expected.append((n, layer, s, label, position + 1, int(idx[position]), float(val[position])))
+    table = evo.to_table(pandas=pandas)
+    rows = table.to_dict("records") if pandas else table
+    got = [(r["n"], r["layer"], r["step"], r["step_label"], r["rank"], r["feature"], r["activation"]) for r in rows]
+    assert got == expected
+    assert {r[4] for r in got if r[2] == 0 and r[0] == 2 and r[1] == 0} == set(range(1, len(evo.topk(2, 0, 0)[0]) + 1))
+    assert [r[3] for r in got if (r[0], r[1], r[4]) == (3, 1, 1)][1:4] == ["key 0 '<bos>'", "key 1 'mark'", "key 2 'gave'"]

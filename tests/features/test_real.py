@@ -1,6 +1,7 @@
 """Real analysis on the tiny fixture, checked against brute force over the same corpus."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,9 +19,10 @@ def tokens(tiny_model):
     return tokenize_chunks(tiny_model, CORPUS_SENTENCES * 2, context_length=10)  # [n, 10], 1 BOS each
 
 
-def brute_force(model, sae, tokens, feature, max_examples, window):
-    """Each chunk alone, full forward pass, the SAE's encode; every non-BOS position listed."""
-    bos = model.tokenizer.bos_token_id
+def brute_force(model, sae, tokens, feature, max_examples, window, include_bos=False):
+    """Each chunk alone, full forward pass, the SAE's encode; every counted position listed
+    (BOS positions only with ``include_bos``)."""
+    bos = None if include_bos else model.tokenizer.bos_token_id
     rows, per_chunk = [], []
     for c in range(tokens.shape[0]):
         with torch.no_grad():
@@ -63,6 +65,9 @@ def test_top_contexts_and_density_match_brute_force(tiny_model, tokens, architec
             assert e.activations == pytest.approx(acts, rel=1e-5, abs=1e-6)
             assert e.tokens == [tiny_model.tokenizer.decode([i]) for i in ids]
         assert s.decoder_norm == pytest.approx(float(sae.W_dec.detach()[f].norm()))
+        cos = torch.nn.functional.cosine_similarity(sae.W_dec.detach()[f][None], sae.W_dec.detach(), dim=-1)
+        cos[f] = -2.0
+        assert (s.decoder_neighbour, s.decoder_neighbour_cosine) == (int(cos.argmax()), pytest.approx(float(cos.max()), abs=1e-5))
 
 
 def test_some_features_fire_and_some_do_not_everywhere(tiny_model, tokens):
@@ -73,10 +78,36 @@ def test_some_features_fire_and_some_do_not_everywhere(tiny_model, tokens):
     assert any(0 < d < 1 for d in dens)
 
 
-def test_include_bos_counts_bos(tiny_model, tokens):
+def test_include_bos_statistics_count_every_position(tiny_model, tokens):
+    """With ``include_bos`` the statistics are those of all positions, BOS included, and
+    differ from the default ones (the random SAE fires on BOS for some features)."""
     sae = random_sae(32, 64, seed=3, hook_name=HOOK)
-    rep = real(tiny_model, sae, [0], tokens, include_bos=True, progress=False)
-    assert rep.n_tokens == tokens.numel()
+    with_bos = real(tiny_model, sae, FEATURES, tokens, include_bos=True, max_examples=6, window=(3, 2), progress=False)
+    without = real(tiny_model, sae, FEATURES, tokens, max_examples=6, window=(3, 2), progress=False)
+    assert with_bos.n_tokens == tokens.numel()
+    bos_fires = []
+    for f in FEATURES:
+        rows, top, windows = brute_force(tiny_model, sae, tokens, f, 6, (3, 2), include_bos=True)
+        vals = np.array([r[0] for r in rows])
+        live = vals[vals != 0]
+        s = with_bos[f]
+        assert len(rows) == tokens.numel() and s.n_tokens == len(rows)
+        assert s.n_active == len(live)
+        assert s.density == pytest.approx(len(live) / len(rows))
+        assert s.mean_activation == pytest.approx(vals.mean(), rel=1e-5, abs=1e-7)
+        assert s.mean_active == pytest.approx(live.mean(), rel=1e-5)
+        assert s.max_activation == pytest.approx(vals.max(), rel=1e-5)
+        # the histogram holds exactly the non-zero values of all positions
+        assert s.histogram_edges[0] == pytest.approx(min(0.0, live.min()), abs=1e-6)
+        assert s.histogram_edges[-1] == pytest.approx(live.max(), rel=1e-5)
+        assert s.histogram_counts == np.histogram(live, bins=np.array(s.histogram_edges))[0].tolist()
+        assert [(e.context, e.position) for e in s.examples] == [(t[1], t[2]) for t in top]
+        for e, (ids, acts, peak) in zip(s.examples, windows):  # BOS shows its own activation
+            assert e.token_ids == ids and e.activations == pytest.approx(acts, rel=1e-5, abs=1e-6)
+        bos_fires.append(any(v != 0 for v, c, p in rows if p == 0))
+        if bos_fires[-1]:
+            assert (s.n_active, s.histogram_counts) != (without[f].n_active, without[f].histogram_counts)
+    assert any(bos_fires), "the test needs a feature that fires on BOS"
 
 
 def test_corpus_as_documents_and_bad_features(tiny_model):

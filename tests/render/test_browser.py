@@ -1,10 +1,12 @@
 """The interactive HTML pages in a real browser: headless Chromium (Debian's package,
 driven by Playwright; no browser is downloaded).
 
-Checks that the page renders offline (plot SVG present, no page errors, no request
-beyond file://), that hovering a node with the mouse shows its newcomer features and
-their explanation, that a ``<script>`` token shows as text and never runs, and that
-zooming works. Screenshots go to ``test-artifacts/``.
+Checks that the page renders offline (plot SVG present, plotly.js from the shared copy
+beside the page, no console errors, no request beyond file://), that hovering a node
+with the mouse shows its newcomer features and their explanation, that every edge
+answers hover a quarter of the way along it (crossing edges too), that tooltips are
+short and a click pins the full list, that a ``<script>`` token shows as text and never
+runs, and that zooming works. Screenshots go to ``test-artifacts/``.
 
 Without Chromium the tests skip, except where the browser is required — under
 ``scripts/test.sh`` (which installs it and sets ``TRAJECTORY_REQUIRE_BROWSER=1``) and in
@@ -124,9 +126,11 @@ def graph_with_xss():
 
 def test_graph_html_in_chromium(browser, tmp_path, artifacts_dir):
     g = graph_with_xss()
-    path = render_html(g, tmp_path / "graph.html")
+    path = render_html(g, tmp_path / "graph.html", plotly_js="directory")
     p = Page(browser, path)
     page = p.page
+    # offline: plotly.js came from the shared copy beside the page, and nothing else was asked for
+    assert (tmp_path / "plotly.min.js").as_uri() in p.requests
     assert page.locator(".main-svg").count() >= 1
     assert page.locator(".scatterlayer .trace").count() >= 3  # edge lines, edge hover points, nodes
     # the data plotly holds: node hover carries the explanation (escaped)
@@ -146,6 +150,11 @@ def test_graph_html_in_chromium(browser, tmp_path, artifacts_dir):
     # hovering the middle of edge (3, L1) -> (5, L2) names the edge and its feature
     text = p.hover_text("trajectory-graph", 4, 2.5)
     assert "L2 attention" in text and "feature 79" in text and "best final rank 4" in text
+    # a click pins the edge's full text, explanation whole and escaped, in the side panel
+    page.mouse.click(*p.point_xy("trajectory-graph", 4, 2.5))
+    panel = page.locator("#point-panel")
+    panel.wait_for(state="visible", timeout=5_000)
+    assert "feature 79" in panel.text_content() and EXPLANATION in panel.text_content()
 
     # the x axis shows the <script> token as text
     ticks = page.locator(".xtick text").all_text_contents()
@@ -183,5 +192,44 @@ def test_evolution_html_in_chromium(browser, tmp_path, artifacts_dir):
     text = p.hover_text("evolution-plot", 3, 1)
     assert "feature 7 (newcomer)" in text and EXPLANATION in text and "key 2 '" + XSS + "'" in text
     p.page.screenshot(path=str(artifacts_dir / "evolution_plot_hover.png"), full_page=True)
+    p.assert_clean()
+    p.page.close()
+
+
+def test_every_edge_answers_hover_along_it_and_tooltips_stay_small(browser, tmp_path, artifacts_dir):
+    from tests.render.test_figures import crossing_graph
+
+    g = crossing_graph()  # (1, L0) -> (4, L1) and (2, L0) -> (3, L1): their midpoints coincide
+    p = Page(browser, render_html(g, tmp_path / "graph.html"))
+    rows = {0: 1, 1: 2}  # emb is row 0
+    for (u, v), mine, other in ((((1, 0), (4, 1)), "key 1 ", "key 2 "), (((2, 0), (3, 1)), "key 2 ", "key 1 ")):
+        (x0, y0), (x1, y1) = p.point_xy("trajectory-graph", u[0], rows[u[1]]), \
+            p.point_xy("trajectory-graph", v[0], rows[v[1]])
+        # a quarter of the way along the edge, in screen pixels
+        p.page.mouse.move(0, 0)
+        p.page.mouse.move(x0 + 0.25 * (x1 - x0), y0 + 0.25 * (y1 - y0))
+        p.page.wait_for_selector(".hoverlayer .hovertext", timeout=5_000)
+        text = p.page.locator(".hoverlayer .hovertext").first.text_content()
+        assert "L1 attention" in text and mine in text and other not in text, (u, v, text)
+    # at the common midpoint the tooltip names both
+    text = p.hover_text("trajectory-graph", 2.5, 1.5)
+    assert "2 edges cross here" in text and "key 1 " in text and "key 2 " in text
+
+    # the node with 15 features: five in the tooltip, a box far smaller than the 424 x 504 px of old
+    text = p.hover_text("trajectory-graph", 4, 2)
+    assert [f for f in range(1000, 1015) if f"feature {f} " in text] == [1000, 1001, 1002, 1003, 1004]
+    assert "and 10 more" in text
+    box = p.page.locator(".hoverlayer .hovertext").first.bounding_box()
+    assert box["height"] < 280, box
+    p.page.screenshot(path=str(artifacts_dir / "trajectory_graph_capped_tooltip.png"))
+    # a click pins all 15 in the side panel; the close button hides it
+    p.page.mouse.click(*p.point_xy("trajectory-graph", 4, 2))
+    panel = p.page.locator("#point-panel")
+    panel.wait_for(state="visible", timeout=5_000)
+    shown = panel.text_content()
+    assert all(f"feature {f} " in shown for f in range(1000, 1015)) and "explanation number 14" in shown
+    p.page.screenshot(path=str(artifacts_dir / "trajectory_graph_side_panel.png"))
+    p.page.click("#point-panel-close")
+    panel.wait_for(state="hidden", timeout=5_000)
     p.assert_clean()
     p.page.close()

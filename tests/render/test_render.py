@@ -248,7 +248,7 @@ def test_html_is_self_contained_and_escapes_everything(tmp_path):
         (2, 4, 1, [(12, 1, 1.25, "html " + XSS)]),
     ]
     g = make_graph(tokens, edges, layers=[0, 1])
-    path = render_html(g, tmp_path / "g.html", title="title " + XSS)
+    path = render_html(g, tmp_path / "g.html", title="title " + XSS, plotly_js="inline")
     page = path.read_text(encoding="utf-8")
     assert [p.name for p in tmp_path.iterdir()] == ["g.html"]
     assert_plotly_inlined(page)
@@ -260,17 +260,44 @@ def test_html_is_self_contained_and_escapes_everything(tmp_path):
     assert any(s.startswith("&lt;script&gt;alert(1)&lt;/") for s in layout["xaxis"]["ticktext"])  # cut to 20 chars
     assert any("&lt;b&gt;bold&lt;/b&gt;" in s for s in layout["xaxis"]["ticktext"])
     assert XSS_ESCAPED in layout["title"]["text"]
-    hover = [s for t in data for s in (t.get("hovertext") or []) if s]
+    hover = hover_texts(data)
     assert any("fires on " + XSS_ESCAPED + " &amp; &lt;img src=x onerror=alert(2)&gt;" in s for s in hover)
+    # the click panel's texts (trace meta) are escaped the same way
+    panels = [m for t in data for m in ([t["meta"]] if isinstance(t.get("meta"), str) else t.get("meta") or [])]
+    assert any("fires on " + XSS_ESCAPED + " &amp; &lt;img src=x" in m for m in panels)
     # the page <title> is escaped too
     assert "<title>title " + XSS_ESCAPED + "</title>" in page
+
+
+def hover_texts(data: list) -> list[str]:
+    """Every tooltip of a figure: a trace's ``hovertext`` is one string for all its points or one per point."""
+    out = []
+    for t in data:
+        h = t.get("hovertext")
+        out += [h] if isinstance(h, str) else [x for x in h or [] if x]
+    return out
+
+
+def edge_hover_points(data: list) -> list[tuple[float, float, str]]:
+    """``(x, y, tooltip)`` of every invisible edge hover point."""
+    return [(x, y, t["hovertext"]) for t in data if str(t.get("name", "")).startswith("edge ")
+            for x, y in zip(t["x"], t["y"])]
+
+
+def on_segment(p, a, b, eps=1e-6) -> float | None:
+    """Fraction of the way from ``a`` to ``b`` at which point ``p`` lies, or None if off the segment."""
+    (x, y), (x0, y0), (x1, y1) = p, a, b
+    if abs((x1 - x0) * (y - y0) - (y1 - y0) * (x - x0)) > eps:
+        return None
+    f = ((x - x0) * (x1 - x0) + (y - y0) * (y1 - y0)) / ((x1 - x0) ** 2 + (y1 - y0) ** 2)
+    return f if -eps <= f <= 1 + eps else None
 
 
 def test_html_hover_holds_token_layer_and_newcomers(tmp_path):
     g = small_graph()
     data, layout = plotly_call(render_html(g, tmp_path / "g.html").read_text(encoding="utf-8"), "trajectory-graph")
     by_name = {t.get("name"): t for t in data}
-    nodes, mids = by_name["nodes"], by_name["edges"]
+    nodes = by_name["nodes"]
     assert len(nodes["x"]) == g.number_of_nodes()
     # the node (3, 2) receives features 301 (rank 22) and 302 (rank 15) from key 3 ' room'
     rows = {L: i for i, L in enumerate([-1, 0, 1, 2])}
@@ -281,16 +308,20 @@ def test_html_hover_holds_token_layer_and_newcomers(tmp_path):
     assert "#15 feature 302 · act 1 · from key 3" in text and "#22 feature 301 · act 1.5" in text
     assert text.index("feature 302") < text.index("feature 301")  # sorted by final rank
     assert "second" in text and "lights in a dark room" in text
-    # one invisible hover point per edge, at its midpoint, naming its features
-    assert len(mids["x"]) == g.number_of_edges()
+    # invisible hover points all along every edge (its midpoint too), naming its features
+    points = edge_hover_points(data)
     for u, v, d in g.edges(data=True):
-        mx, my = (u[0] + v[0]) / 2, (rows[u[1]] + rows[v[1]]) / 2
-        j = [k for k, (x, y) in enumerate(zip(mids["x"], mids["y"])) if (x, y) == (mx, my)]
-        assert j, f"no hover point for edge {u}->{v}"
-        h = mids["hovertext"][j[0]]
-        assert f"best final rank {d['best_rank']}" in h
-        assert all(f"feature {f['feature']}" in h for f in d["features"])
-    assert mids["marker"]["opacity"] == 0
+        a, b = (u[0], rows[u[1]]), (v[0], rows[v[1]])
+        mine = sorted((f, h) for x, y, h in points if (f := on_segment((x, y), a, b)) is not None)
+        fractions = [0.0] + [f for f, _ in mine] + [1.0]
+        length = ((b[0] - a[0]) ** 2 + (b[1] - a[1]) ** 2) ** 0.5
+        gaps = [f1 - f0 for f0, f1 in zip(fractions, fractions[1:])]
+        assert len(mine) >= 9 and max(gaps) <= 0.1 + 1e-9 and max(gaps) * length <= 0.25 + 1e-9, (u, v, fractions)
+        assert any(abs(f - 0.5) < 1e-9 for f, _ in mine), f"no hover point at the midpoint of {u}->{v}"
+        for _, h in mine:
+            assert f"best final rank {d['best_rank']}" in h and f"key {u[0]} " in h and f"query {v[0]} " in h
+            assert all(f"feature {f['feature']}" in h for f in d["features"])
+    assert all(t["marker"]["opacity"] == 0 for t in data if str(t.get("name", "")).startswith("edge "))
     assert layout["yaxis"]["ticktext"] == ["emb", "L0", "L1", "L2"]
 
 
@@ -406,8 +437,11 @@ def test_evolution_html_escapes_and_holds_explanations(tmp_path):
     evo = make_evolution()
     path = evolution_plot_html(evo, 0, 4, tmp_path / "e.html", T=3, newcomers=[7, 3],
                                explanations={7: "about " + XSS, 3: None})
+    inline = evolution_plot_html(evo, 0, 4, tmp_path / "inline" / "e.html", T=3, newcomers=[7, 3],
+                                 explanations={7: "about " + XSS, 3: None}, plotly_js="inline")
     page = path.read_text(encoding="utf-8")
-    assert_plotly_inlined(page)
+    assert_plotly_inlined(inline.read_text(encoding="utf-8"))
+    assert plotly_call(inline.read_text(encoding="utf-8"), "evolution-plot") == plotly_call(page, "evolution-plot")
     data, layout = plotly_call(page, "evolution-plot")
     strings = list(all_strings(data)) + list(all_strings(layout))
     assert not [s for s in strings if "<script" in s]

@@ -143,6 +143,53 @@ def test_corrupt_manifest(saved):
         SAEBank.open(path)
 
 
+def test_manifest_cfg_disagreeing_with_tensors(saved):
+    """A cfg.d_in that does not fit the tensors names the layer, the file, both shapes and the fix."""
+    _, path = saved
+    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    manifest["layers"]["1"]["cfg"]["d_in"] = 16  # the file holds d_in 32 (b_dec [32], W_enc [32, 48])
+    (path / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(CorruptBankError) as info:
+        SAEBank.open(path)
+    msg = str(info.value)
+    for part in ("layer 1", str(path / "layer_01.safetensors"), "b_dec", "[32]", "[16]",
+                 "W_enc", "[32, 48]", "[16, 48]", "trajectory preload --preset tiny --force --layers 1"):
+        assert part in msg, (part, msg)
+    assert SAEBank.open(path, layers=[0, 2]).layers == [0, 2]  # the other layers still open
+
+
+def test_merge_keeps_layers_the_bank_lacks(saved, tmp_path):
+    """``save(merge=True)`` keeps the target's other layers (files, explanations, records); plain ``save`` replaces."""
+    bank, path = saved
+    before = read_manifest(path)
+    new = SAEBank.from_saes({2: random_sae(32, 24, architecture="topk", k=3, seed=9,
+                                           hook_name="blocks.2.hook_resid_post"),
+                             5: random_sae(32, 16, architecture="standard", seed=8,
+                                           hook_name="blocks.5.hook_resid_post")},
+                            model_name="tiny-gemma2", preset="tiny")
+    new.metadata = {"n": 4, "added": True}
+    new.save(path, merge=True)
+    after = read_manifest(path)
+    assert sorted(map(int, after["layers"])) == [0, 1, 2, 5]
+    for layer in ("0", "1"):  # untouched: same bytes, same record
+        assert after["layers"][layer] == before["layers"][layer]
+    assert after["layers"]["2"]["d_sae"] == 24 and after["metadata"] == {"note": "test", "n": 4, "added": True}
+    back = SAEBank.open(path, verify="sha256")
+    for layer, src in ((0, bank), (1, bank), (2, new), (5, new)):
+        assert torch.equal(back[layer].W_dec, src[layer].W_dec), layer
+    assert back.entry(1).explanations == bank.entry(1).explanations  # carried with its layer
+    new.save(path)
+    assert sorted(map(int, read_manifest(path)["layers"])) == [2, 5]
+
+
+def test_merge_refuses_another_models_bank(saved):
+    _, path = saved
+    other = SAEBank.from_saes({5: random_sae(32, 16, architecture="standard", seed=8)}, model_name="gpt2")
+    with pytest.raises(ValueError, match=r"tiny-gemma2.*gpt2.*without merge"):
+        other.save(path, merge=True)
+    assert sorted(map(int, read_manifest(path)["layers"])) == [0, 1, 2]
+
+
 def test_save_is_atomic(tmp_path, monkeypatch):
     """A crash while saving leaves the old bank intact and no half-written folder."""
     bank = _mixed_bank()
@@ -164,7 +211,8 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         bank.save(path)
     assert read_manifest(path)["layers"] == before["layers"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank"]  # no temporary folders left
+    # no temporary folders left; the lock file of concurrent saves stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".bank.lock", "bank"]
     # a crash on a fresh target leaves nothing that opens as a bank
     calls["n"] = 0
     with pytest.raises(OSError):

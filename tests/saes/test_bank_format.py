@@ -51,3 +51,12 @@ def test_missing_explanations_file(tmp_path):
     (folder / "explanations" / "layer_03.json").unlink()
     with pytest.raises(CorruptBankError, match=r"layer_03\.json is missing.*--force"):
         read_explanations(folder, 3)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from trajectory.saes import bank_format
+
+    result = doctest.testmod(bank_format)
+    assert result.attempted >= 1 and result.failed == 0

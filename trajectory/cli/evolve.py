@@ -38,13 +38,15 @@ def register(sub) -> None:
     options.add_device(p)
     options.add_dtype(p)
     options.add_bank(p)
-    options.add_out(p, "output file (default: results/<preset>/evolution.safetensors), or folder with "
-                       "--prompt-file (default: results/<preset>/evolutions)")
+    options.add_out(p, "output file (default: results/<preset>/<prompt words + hash>/evolution.safetensors), or "
+                       "folder with --prompt-file (default: results/<preset>/evolutions)")
     p.add_argument("--method", choices=["auto", "feature_space", "direct"], default="auto",
                    help="how step vectors are encoded: mixing in feature space (fast) or the SAE's own encode "
                    "(default: auto)")
     p.add_argument("--batch-size", type=int, default=None, help="step rows per encode batch (default: from SAE width)")
-    p.add_argument("--overwrite", action="store_true", help="with --prompt-file: recompute files made with other settings")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an --out file that holds another prompt's evolution; with --prompt-file: recompute "
+                   "files made with other settings")
     options.add_progress(p)
     p.set_defaults(func=run)
 
@@ -70,4 +72,5 @@ def run(args) -> int:
     evo = result.evolution
     print(f"wrote {result.out} ({evo.n_tokens} tokens, layers {evo.layers[0]}-{evo.layers[-1]}, k={evo.k}, "
           f"postnorm={evo.postnorm})")
+    print(f"next: trajectory graph {result.out}")
     return 0

@@ -39,8 +39,12 @@ def _real_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-examples", type=int, default=20, help="top-activating contexts kept per feature (default: 20)")
     p.add_argument("--batch-size", type=int, default=16, help="chunks per forward pass (default: 16)")
     p.add_argument("--context-length", type=int, default=128, help="tokens per chunk, BOS included (default: 128)")
-    p.add_argument("--max-tokens", type=int, default=None, help="scan at most this many corpus tokens (default: all)")
-    p.add_argument("--include-bos", action="store_true", help="count BOS positions too (default: excluded)")
+    p.add_argument("--scan-tokens", dest="max_tokens", type=int, default=None,
+                   help="scan at most this many corpus tokens (default: all)")
+    p.add_argument("--max-tokens", dest="max_tokens", type=int, help=argparse.SUPPRESS)  # the old spelling
+    p.add_argument("--count-bos", dest="include_bos", action="store_true",
+                   help="count BOS positions in the statistics too (default: excluded)")
+    p.add_argument("--include-bos", dest="include_bos", action="store_true", help=argparse.SUPPRESS)  # old spelling
 
 
 def _synthetic_args(p: argparse.ArgumentParser) -> None:
@@ -89,7 +93,11 @@ def run(args) -> int:
     from trajectory.features import parse_features
     from trajectory.features.analyse import FeatureRequest, analyse_features, open_feature_sae
 
-    parse_features(args.features)  # a bad spec fails before any model is loaded
+    parse_features(args.features)  # a bad spec or output folder fails before any model is loaded
+    if args.out:
+        from trajectory.io import check_output_dir
+
+        check_output_dir(args.out)
     target = open_feature_sae(preset=args.preset, layer=args.layer, model=args.model, sae=args.sae, hook=args.hook,
                               bank=args.bank, device=args.device, dtype=args.dtype)
     mode = args.analysis_mode

@@ -6,9 +6,10 @@ graph in the requested formats and renders it (:func:`trajectory.pipeline.write_
 
 Examples::
 
-    trajectory graph --evolution results/offline/evolution.safetensors
-    trajectory graph --evolution results/offline/evolution.safetensors --T 13 --formats png,graphml --offline
-    trajectory graph --evolution run.safetensors --through mlp --include-bos --no-evolution-plots --out figs/
+    trajectory graph results/offline/evolution.safetensors
+    trajectory graph results/offline/evolution.safetensors --top-rank 13 --formats png,graphml --offline
+    trajectory graph run.safetensors --through mlp --include-bos --no-evolution-plots --out figs/
+    trajectory graph                       # the newest evolution file under results/
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import sys
 
 from trajectory.cli import options
 
-DEFAULT_EVOLUTION = "results/offline/evolution.safetensors"
 _LABELS = {"png": "picture (PNG)", "html": "interactive (HTML)", "graphml": "GraphML", "gexf": "GEXF",
            "json": "node-link JSON"}
 
@@ -35,9 +35,11 @@ def register(sub) -> None:
             "No model is loaded."
         ),
     )
-    p.add_argument("--evolution", default=DEFAULT_EVOLUTION,
-                   help=f"evolution file from `trajectory evolve` (default: {DEFAULT_EVOLUTION})")
-    p.add_argument("--T", type=int, default=22, help="newcomers need final rank <= T (default: 22; the original used 13-22)")
+    p.add_argument("file", nargs="?", default=None, metavar="FILE",
+                   help="evolution file from `trajectory evolve` (default: the newest under results/)")
+    p.add_argument("--evolution", default=None, help="the evolution file, as an option (same as FILE)")
+    p.add_argument("--top-rank", "--T", dest="T", type=int, default=22,
+                   help="newcomers need final rank <= T (default: 22; the original used 13-22)")
     p.add_argument("--formats", default=",".join(GRAPH_FORMATS),
                    help=f"comma-separated outputs among {','.join(GRAPH_FORMATS)} (default: all)")
     p.add_argument("--through", choices=["attention", "mlp"], default="attention",
@@ -45,6 +47,9 @@ def register(sub) -> None:
     p.add_argument("--include-bos", action="store_true", help="draw edges from the BOS token (left out by default)")
     p.add_argument("--offline", action="store_true",
                    help="no network: explanations only from the disk cache / the local bank")
+    p.add_argument("--neuronpedia-url", default=None,
+                   help="Neuronpedia server for explanations, e.g. a self-hosted one "
+                   "(default: $NEURONPEDIA_URL, else https://www.neuronpedia.org)")
     options.add_bank(p, " for local explanations")
     p.add_argument("--no-explanations", action="store_true", help="render without feature explanations")
     p.add_argument("--evolution-plots", action=argparse.BooleanOptionalAction, default=True,
@@ -57,13 +62,24 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from trajectory.evolution.result import Evolution
-    from trajectory.pipeline import GraphConfig, default_graph_out, write_graph_outputs
+    from trajectory.pipeline import GraphConfig, default_graph_out, latest_evolution, write_graph_outputs
 
     config = GraphConfig(formats=args.formats, T=args.T, through=args.through, include_bos=args.include_bos,
                          explanations=not args.no_explanations, offline=args.offline, bank=args.bank,
+                         neuronpedia_url=args.neuronpedia_url,
                          evolution_plots=args.evolution_plots, name=args.name)
-    evo = Evolution.load(args.evolution)
-    result = write_graph_outputs(evo, args.out or default_graph_out(args.evolution), config)
+    if args.file and args.evolution and args.file != args.evolution:
+        raise ValueError("name the evolution file once: as FILE or with --evolution")
+    path = args.file or args.evolution or latest_evolution()
+    if not (args.file or args.evolution):
+        print(f"using the newest evolution file: {path}", file=sys.stderr)
+    out = args.out or default_graph_out(path)
+    if args.neuronpedia_url:
+        from trajectory.explanations.neuronpedia import NeuronpediaClient
+
+        NeuronpediaClient(args.neuronpedia_url, offline=True)  # a malformed URL fails now, not as a warning later
+    evo = Evolution.load(path)
+    result = write_graph_outputs(evo, out, config)
     for text in result.warnings:
         print(f"warning: {text}", file=sys.stderr)
     g = result.graph

@@ -24,6 +24,7 @@ that is cheaper (tiny models). Other SAEs (gated, normalising inputs, ...) go th
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -42,7 +43,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from trajectory.evolution.attention import LayerActivations
     from trajectory.saes.bank import SAEBank
 
+log = logging.getLogger(__name__)
+
 METHODS = ("auto", "feature_space", "direct")
+
+#: Step rows (all layers) :func:`evolve` computes at most unless told otherwise: about
+#: 330 tokens over 18 layers; the default ``max_tokens=128`` stays below it up to 117 layers.
+DEFAULT_MAX_ROWS = 1_000_000
 
 #: Elements of ``[rows, d_sae]`` float32 per batch when ``batch_size`` is not given (128 MB).
 DEFAULT_BATCH_ELEMENTS = 2**25
@@ -52,40 +59,110 @@ DEFAULT_BATCH_ELEMENTS = 2**25
 def prompt_tokens(model: "HookedTransformer", prompt: "str | Sequence[int] | torch.Tensor", max_tokens: int | None = 128):
     """Tokenise ``prompt`` (BOS prepended as the model does) and check its length.
 
-    Returns ``(ids [N] int64 tensor, token strings)``. Raises ``ValueError`` for an
-    empty prompt, fewer than 2 tokens, more than ``max_tokens`` or more than the
-    model's context ``n_ctx``.
+    Text is tokenised in full (``to_tokens(..., truncate=False)``): TransformerLens
+    otherwise cuts it at ``n_ctx`` silently, and the checks below would see the cut.
+
+    Returns ``(ids [N] int64 tensor, token strings)``. Raises ``ValueError`` naming the
+    true token count for an empty prompt, fewer than 2 tokens, more than the model's
+    context ``n_ctx`` or more than ``max_tokens``.
     """
     import torch
 
     if isinstance(prompt, str):
         if not prompt.strip():
             raise ValueError("the prompt is empty; pass some text with --prompt or a non-empty line in --prompt-file")
-        ids = model.to_tokens(prompt)[0].cpu()
+        ids = model.to_tokens(prompt, truncate=False)[0].cpu()
     else:
         ids = torch.as_tensor(prompt, dtype=torch.long).flatten().cpu()
     N = int(ids.shape[0])
     if N < 2:
         raise ValueError(f"the prompt has {N} token(s) (BOS included); the evolution needs at least 2")
+    n_ctx = int(model.cfg.n_ctx)
+    if N > n_ctx:  # first: raising --max-tokens cannot help here
+        raise ValueError(
+            f"the prompt has {N} tokens (BOS included), more than the model's context of {n_ctx} "
+            f"({model.cfg.model_name}); shorten it"
+        )
     if max_tokens is not None and N > max_tokens:
         raise ValueError(
             f"the prompt has {N} tokens (BOS included), more than max_tokens={max_tokens}; "
             "shorten it or raise --max-tokens"
         )
-    n_ctx = int(model.cfg.n_ctx)
-    if N > n_ctx:
-        raise ValueError(f"the prompt has {N} tokens, more than the model's context of {n_ctx}; shorten it")
     strs = [model.tokenizer.decode([int(t)]) for t in ids] if model.tokenizer is not None else [str(int(t)) for t in ids]
     return ids, strs
 
 
-def check_bank(model: "HookedTransformer", bank: "SAEBank", layers: Sequence[int] | None) -> list[int]:
+def step_rows(n_tokens: int, n_layers: int = 1) -> int:
+    """Step rows an evolution of ``n_tokens`` computes over ``n_layers`` layers:
+    ``n_layers · Σ_{n=2..N} (n + 2)`` (each row is one SAE encode and one top-k)."""
+    return int(n_layers) * row_offset(int(n_tokens) + 1)
+
+
+def check_work(n_tokens: int, layers: Sequence[int], max_rows: int | None = DEFAULT_MAX_ROWS) -> int:
+    """Refuse an evolution whose step rows (see :func:`step_rows`) exceed ``max_rows``.
+
+    The rows grow with the square of the prompt length (and the attention patterns kept
+    by the forward pass, ``[n_heads, N, N]`` per layer, with it), so a long prompt can run
+    for hours before failing for memory. Returns the number of rows; ``max_rows=None``
+    lifts the bound. Raises ``ValueError`` naming the estimate and how to proceed.
+    """
+    rows = step_rows(n_tokens, len(layers))
+    if max_rows is not None and rows > max_rows:
+        raise ValueError(
+            f"a prompt of {n_tokens} tokens over {len(layers)} layer(s) makes {rows:,} step rows "
+            f"({step_rows(n_tokens):,} per layer, growing with the square of the length), more than "
+            f"max_rows={max_rows:,}; pass fewer layers (--layers) or a shorter prompt, or raise the bound "
+            "(--max-rows N; max_rows=None in Python lifts it)"
+        )
+    log.debug("%d tokens x %d layers: %d step rows", n_tokens, len(layers), rows)
+    return rows
+
+
+def model_key(name: str) -> str:
+    """A model name in a form that compares across spellings: TransformerLens's official
+    name when it knows the name or an alias (``gpt2-small`` -> ``gpt2``), without the
+    organisation (``google/gemma-3-270m`` -> ``gemma-3-270m``), lower-cased."""
+    name = str(name).strip()
+    try:
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+
+        name = get_official_model_name(name)
+    except (ImportError, ValueError):
+        pass  # not a TransformerLens name (local or test models): compare as given
+    return name.rsplit("/", 1)[-1].lower()
+
+
+def check_bank_model(model: "HookedTransformer", bank: "SAEBank", allow_other_model: bool = False) -> None:
+    """Refuse a bank recorded for another model (by name; a bank without a name passes).
+
+    Two models of the same width pass every shape check, so only the name tells that
+    the SAEs were trained on another model's activations. ``allow_other_model=True``
+    lets a deliberate cross-use through (with a warning).
+    """
+    bank_model = str(getattr(bank, "model_name", "") or "")
+    name = str(model.cfg.model_name)
+    if not bank_model or model_key(bank_model) == model_key(name):
+        return
+    if not allow_other_model:
+        raise ValueError(
+            f"the SAE bank was made for {bank_model!r} but the model is {name!r}; load the bank's model "
+            "or preload a bank for this one (to use these SAEs on this model deliberately, pass "
+            "--allow-other-model; allow_other_model=True in Python)"
+        )
+    log.warning("using SAEs made for %r on %r (allow_other_model)", bank_model, name)
+
+
+def check_bank(
+    model: "HookedTransformer", bank: "SAEBank", layers: Sequence[int] | None, *, allow_other_model: bool = False
+) -> list[int]:
     """Validate that ``bank`` fits ``model`` at ``layers`` (``None``: all bank layers).
 
-    Returns the sorted layers. Raises ``ValueError`` for layers outside the model or
-    the bank, an SAE whose ``d_in`` differs from ``d_model``, or an SAE that reads a
-    hook other than layer L's residual stream.
+    Returns the sorted layers. Raises ``ValueError`` for a bank recorded for another
+    model (unless ``allow_other_model``, see :func:`check_bank_model`), layers outside
+    the model or the bank, an SAE whose ``d_in`` differs from ``d_model``, or an SAE
+    that reads a hook other than layer L's residual stream.
     """
+    check_bank_model(model, bank, allow_other_model)
     n_layers = int(model.cfg.n_layers)
     check = getattr(bank, "check_model", None)
     if callable(check):
@@ -121,6 +198,26 @@ def check_bank(model: "HookedTransformer", bank: "SAEBank", layers: Sequence[int
                 "the bank was made for another model — preload a bank for this model's preset"
             )
     return layers
+
+
+def check_options(*, k: int, postnorm: str, method: str) -> None:
+    """Raise ``ValueError`` for a ``k``, ``postnorm`` or ``method`` the engine does not know,
+    before any work (:func:`evolve_layer` checks them again per layer)."""
+    from trajectory.evolution.attention import POSTNORMS
+
+    if postnorm not in POSTNORMS:
+        raise ValueError(f"unknown postnorm {postnorm!r}; use one of {', '.join(POSTNORMS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if int(k) < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+
+
+def recorded_postnorm(model: "HookedTransformer", layers: Sequence[int], postnorm: str) -> str:
+    """The ``postnorm`` an evolution records: ``"none"`` when no layer has a post-attention norm."""
+    from trajectory.evolution.attention import has_postnorm
+
+    return postnorm if any(has_postnorm(model, L) for L in layers) else "none"
 
 
 def sae_summaries(bank: "SAEBank", layers: Sequence[int]) -> dict[str, dict[str, Any]]:
@@ -235,6 +332,8 @@ def evolve(
     batch_size: int | None = None,
     method: str = "auto",
     preset: str | None = None,
+    max_rows: int | None = DEFAULT_MAX_ROWS,
+    allow_other_model: bool = False,
 ) -> Evolution:
     """Top-k SAE features of every (prefix length, layer, step) of ``prompt``.
 
@@ -255,6 +354,10 @@ def evolve(
         method: ``"auto"`` (feature-space mixing when the SAE allows, else direct),
             ``"feature_space"`` or ``"direct"``.
         preset: preset name recorded in the result (default: ``bank.preset``).
+        max_rows: refuse an evolution of more step rows than this, all layers together
+            (:func:`check_work`; ``None``: no bound), checked before the model runs.
+        allow_other_model: use a bank recorded for another model (:func:`check_bank_model`);
+            the result names the model that ran.
 
     Returns:
         :class:`~trajectory.evolution.Evolution`.
@@ -268,12 +371,12 @@ def evolve(
     """
     from tqdm.auto import tqdm
 
-    from trajectory.evolution.attention import POSTNORMS, forward_activations
+    from trajectory.evolution.attention import forward_activations
 
-    if postnorm not in POSTNORMS:
-        raise ValueError(f"unknown postnorm {postnorm!r}; use one of {', '.join(POSTNORMS)}")
-    layers = check_bank(model, bank, None if layers is None else list(layers))
+    check_options(k=k, postnorm=postnorm, method=method)
+    layers = check_bank(model, bank, None if layers is None else list(layers), allow_other_model=allow_other_model)
     ids, strs = prompt_tokens(model, prompt, max_tokens)
+    check_work(len(ids), layers, max_rows)
     device = device if device is not None else model.cfg.device
     all_acts = forward_activations(model, ids, layers)
     rows: dict[int, LayerRows] = {}
@@ -282,16 +385,19 @@ def evolve(
             model, bank[L], all_acts.pop(L), k=k, postnorm=postnorm, method=method, batch_size=batch_size, device=device
         )
     settings = dict(k=k, layers=layers, max_tokens=max_tokens, postnorm=postnorm, method=method, device=str(device))
+    meta = _metadata(bank, layers, prompt, settings)
+    if model_key(getattr(bank, "model_name", "") or model.cfg.model_name) != model_key(model.cfg.model_name):
+        meta["bank_model_name"] = str(bank.model_name)  # allowed cross-use: say whose SAEs these are
     return Evolution(
         tokens=strs,
         token_ids=[int(t) for t in ids],
         layers=layers,
         k=int(k),
         rows=rows,
-        model_name=str(getattr(bank, "model_name", "") or model.cfg.model_name),
+        model_name=str(model.cfg.model_name),  # the model that ran, even with another model's bank
         preset=preset if preset is not None else getattr(bank, "preset", None),
-        postnorm=postnorm if any(hasattr(model.blocks[L], "ln1_post") for L in layers) else "none",
-        metadata=_metadata(bank, layers, prompt, settings),
+        postnorm=recorded_postnorm(model, layers, postnorm),
+        metadata=meta,
     )
 
 

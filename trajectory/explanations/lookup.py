@@ -50,6 +50,7 @@ def explain_features(
     features: Iterable[tuple[int, int]],
     *,
     offline: bool = False,
+    neuronpedia_url: str | None = None,
     bank_path: str | os.PathLike | None = None,
     client: NeuronpediaClient | None = None,
     progress: bool = True,
@@ -65,6 +66,8 @@ def explain_features(
     ----------
     evo : a :class:`trajectory.evolution.Evolution` (its ``preset`` and ``metadata`` are used).
     features : ``(layer, feature_index)`` pairs.
+    neuronpedia_url : the Neuronpedia server; default ``$NEURONPEDIA_URL``, else
+        https://www.neuronpedia.org (ignored when ``client`` is given).
     bank_path : the bank folder; default ``metadata["bank"]`` or ``results/banks/<preset>``.
     client : a Neuronpedia client to use (one is made otherwise).
 
@@ -82,7 +85,7 @@ def explain_features(
     todo = [(layer, f) for layer, f in wanted if (layer, f) not in out and layer in ids]
     if todo:
         if client is None:
-            client = NeuronpediaClient(offline=offline)
+            client = NeuronpediaClient(neuronpedia_url, offline=offline)
         elif offline and not client.offline:
             client = _offline_view(client)
         try:

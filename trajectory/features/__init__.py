@@ -11,10 +11,12 @@
 - :mod:`~trajectory.features.config`: :class:`RealConfig`, :class:`SyntheticConfig`;
 - :mod:`~trajectory.features.real_activations`: :func:`real` (a corpus scan);
 - :mod:`~trajectory.features.synthetic_activations`: :func:`synthetic` (optimised inputs);
-- :mod:`~trajectory.features.logits`: :func:`logit_effects` of decoder directions;
-- :mod:`~trajectory.features.report`: :class:`FeatureReport`, the output and its file format;
+- :mod:`~trajectory.features.logits`: :func:`logit_effects` of decoder directions, their nearest neighbours;
+- :mod:`~trajectory.features.report`: :class:`FeatureReport`, the output and its file format,
+  :func:`feature_summary_lines` (one line per feature, for a terminal);
 - :mod:`~trajectory.features.comparison`: :func:`compare`;
-- :mod:`~trajectory.features.plots`: the PNG figures.
+- :mod:`~trajectory.features.plots`: the PNG figures (:mod:`~trajectory.features.glyphs`: how
+  token text is drawn in them).
 
 Names are imported lazily (torch, matplotlib load only when used).
 """
@@ -25,7 +27,7 @@ from trajectory import lazy_exports
 _MODULES = {
     "spec": ("parse_features", "FeatureSpecError"),
     "config": ("RealConfig", "SyntheticConfig"),
-    "report": ("Example", "FeatureStats", "FeatureReport"),
+    "report": ("Example", "FeatureStats", "FeatureReport", "feature_summary_lines"),
     "real_activations": ("real",),
     "synthetic_activations": ("synthetic",),
     "logits": ("logit_effects",),

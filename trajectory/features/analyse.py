@@ -126,7 +126,9 @@ def analyse_features(target: FeatureSAE, request: FeatureRequest, out: str | Pat
     from trajectory.features import FeatureReport, compare, real, render_comparison, render_real, render_synthetic
     from trajectory.features import synthetic
 
-    out = Path(out)
+    from trajectory.io import check_output_dir
+
+    out = check_output_dir(out, ["real_report.json", "synthetic_report.json", "comparison.json"])
     done = FeatureAnalysis()
     model, sae, hook = target.model, target.sae, target.hook
     if request.mode in ("real", "compare"):

@@ -1,7 +1,6 @@
-"""Logit effects: the tokens an SAE feature's decoder direction promotes and suppresses.
-
-Both analyses report them (:func:`trajectory.features.real` and
-:func:`trajectory.features.synthetic`); they depend only on the weights, not on inputs.
+"""What an SAE feature's decoder direction does, from the weights alone: the tokens it
+promotes and suppresses (:func:`logit_effects`, in both analyses) and the other feature
+whose direction is closest to it (:func:`decoder_neighbours`, in the real analysis).
 """
 from __future__ import annotations
 
@@ -77,6 +76,32 @@ def logit_effects(
             [(decode(int(i)), float(v)) for v, i in zip(top_v[row], top_i[row])],
             [(decode(int(i)), float(-v)) for v, i in zip(bot_v[row], bot_i[row])],
         )
+    return out
+
+
+def decoder_neighbours(sae: "SAE", features: Sequence[int], chunk: int = 256) -> list[tuple[int, float] | None]:
+    """For each feature, the other feature whose decoder direction is closest:
+    ``(index, cosine)`` with the largest cosine between ``W_dec`` rows (ties: the lower
+    index); ``None`` when the SAE has a single feature.
+
+    Shows what a decoder norm cannot when every row has norm 1: how distinct the
+    feature's direction is (a cosine near 1 = a near-duplicate feature). Computed
+    ``chunk`` features at a time (``[chunk, d_sae]`` cosines in memory).
+    """
+    import torch
+
+    if int(sae.cfg.d_sae) < 2:
+        return [None for _ in features]
+    out: list[tuple[int, float] | None] = []
+    with torch.no_grad():
+        W = sae.W_dec.detach().float()
+        W = W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [d_sae, d_in], unit rows
+        for start in range(0, len(features), chunk):
+            rows = torch.tensor([int(f) for f in features[start : start + chunk]], device=W.device)
+            cos = W[rows] @ W.T  # [n, d_sae]
+            cos[torch.arange(len(rows), device=W.device), rows] = float("-inf")  # not itself
+            best = cos.max(dim=-1)  # max returns the first (lowest) index of ties
+            out += [(int(i), float(v)) for v, i in zip(best.values.cpu(), best.indices.cpu())]
     return out
 
 

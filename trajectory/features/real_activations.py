@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from trajectory.features.config import RealConfig, make_config
-from trajectory.features.logits import final_norm_direction, logit_effects, token_decoder
+from trajectory.features.logits import decoder_neighbours, final_norm_direction, logit_effects, token_decoder
 from trajectory.features.report import Example, FeatureReport, FeatureStats, sae_info
 from trajectory.features.spec import parse_features
 from trajectory.hooks import layer_of
@@ -168,9 +168,10 @@ def real(
     scan = scan_corpus(model, sae, hook, feats, tokens, cfg, progress=progress)
     effects = logit_effects(model, sae, feats, k=cfg.n_logits, final_norm=cfg.final_norm)
     dec_norms = sae.W_dec.detach()[feats].float().norm(dim=-1).cpu()
+    neighbours = decoder_neighbours(sae, feats)
     decode = token_decoder(model)
     stats = {f: feature_stats(scan, j, f, n_bins=cfg.n_bins, decode=decode, decoder_norm=float(dec_norms[j]),
-                              logits=effects[f]) for j, f in enumerate(feats)}
+                              logits=effects[f], neighbour=neighbours[j]) for j, f in enumerate(feats)}
     # the chunk width actually scanned (a token tensor brings its own); the window as a JSON list
     used = {**asdict(cfg), "context_length": int(tokens.shape[1]), "window": list(cfg.window)}
     return FeatureReport.from_run("real", stats, model=model, sae=sae, hook_name=hook, settings=used,
@@ -316,9 +317,10 @@ class TopExamples:
 
 def feature_stats(
     scan: CorpusScan, j: int, feature: int, *, n_bins: int, decode: Callable[[int], str], decoder_norm: float,
-    logits: tuple[list[tuple[str, float]], list[tuple[str, float]]],
+    logits: tuple[list[tuple[str, float]], list[tuple[str, float]]], neighbour: tuple[int, float] | None = None,
 ) -> FeatureStats:
-    """The :class:`FeatureStats` of column ``j`` (= ``feature``) of a scan."""
+    """The :class:`FeatureStats` of column ``j`` (= ``feature``) of a scan; ``neighbour``:
+    its nearest decoder direction ``(feature, cosine)`` (:func:`decoder_neighbours`)."""
     vals = scan.nonzero_value[scan.nonzero_feature == j].numpy()
     edges, counts = _histogram(vals, n_bins)
     n_tokens, na, total = scan.n_tokens, int(scan.n_active[j]), float(scan.act_sum[j])
@@ -332,6 +334,8 @@ def feature_stats(
         n_tokens=n_tokens,
         n_active=na,
         decoder_norm=decoder_norm,
+        decoder_neighbour=None if neighbour is None else neighbour[0],
+        decoder_neighbour_cosine=None if neighbour is None else neighbour[1],
         histogram_edges=edges,
         histogram_counts=counts,
         examples=scan.top.examples(j, decode),

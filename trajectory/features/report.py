@@ -83,6 +83,10 @@ class FeatureStats:
         density: share of counted tokens with activation > 0 (real).
         n_tokens / n_active: counted tokens (BOS excluded by default) / active ones.
         decoder_norm: ``||W_dec[feature]||``.
+        decoder_neighbour / decoder_neighbour_cosine: the other feature whose decoder
+            direction is closest to this one's, and the cosine between the two (real;
+            ``None`` in files written before they existed, or when the SAE has one
+            feature). Informative where every decoder row has norm 1.
         histogram_edges / histogram_counts: histogram of the non-zero activations
             (``len(edges) == len(counts) + 1``).
         examples: top-activating windows, best first (real), or the projected
@@ -105,6 +109,8 @@ class FeatureStats:
     n_tokens: int = 0
     n_active: int = 0
     decoder_norm: float = 0.0
+    decoder_neighbour: int | None = None
+    decoder_neighbour_cosine: float | None = None
     histogram_edges: list[float] = field(default_factory=list)
     histogram_counts: list[int] = field(default_factory=list)
     examples: list[Example] = field(default_factory=list)
@@ -222,6 +228,79 @@ class FeatureReport(Mapping):
             n_tokens=int(doc.get("n_tokens", 0)),
             settings=doc.get("settings", {}),
         )
+
+
+#: what the corpus names that :func:`trajectory.training.corpus.load_corpus` and
+#: :func:`trajectory.features.real_activations.corpus_tokens` give stand for, in words
+CORPUS_DESCRIPTIONS = {
+    "default": "the Python documentation (default corpus)",
+    "documents": "the given documents",
+    "tokens": "the given token chunks",
+}
+
+
+def corpus_description(name: str | None) -> str:
+    """A report's corpus in words, for titles: ``"default"`` ->
+    ``"the Python documentation (default corpus)"``; a file, folder or dataset name as
+    ``"corpus <name>"``; ``None`` (no corpus: synthetic) -> ``"no corpus"``."""
+    if name is None:
+        return "no corpus"
+    return CORPUS_DESCRIPTIONS.get(name, f"corpus {name}")
+
+
+def feature_summary_lines(report: FeatureReport, limit: int | None = None, width: int = 60) -> list[str]:
+    """One line per feature of ``report`` (by feature index), for a terminal.
+
+    Real: feature, density (active / counted tokens), max activation, and the top
+    example's context with its peak token in ``«»``; synthetic: the synthetic and best
+    real activation, and the best projected sequence. Newlines and other control
+    characters in tokens are escaped, so each entry is one line; the context is cut to
+    about ``width`` characters around the peak. ``limit``: at most that many features,
+    then one line saying how many more there are.
+
+    Example:
+        >>> s = FeatureStats(feature=3, mode="real", max_activation=2.5, density=0.25, n_tokens=8, n_active=2,
+        ...     examples=[Example(tokens=["x", " =", " 1", "\\n"], token_ids=[0, 1, 2, 3],
+        ...                       activations=[0, 0, 2.5, 0], peak=2, activation=2.5)])
+        >>> feature_summary_lines(FeatureReport(mode="real", features={3: s}))
+        ['feature 3: density 25.00% (2 of 8 tokens), max 2.5, top: "x =« 1»\\\\n"']
+    """
+    ids = report.feature_ids
+    shown = ids if limit is None else ids[: max(int(limit), 0)]
+    lines = [_summary_line(report[f], width) for f in shown]
+    if len(shown) < len(ids):
+        lines.append(f"... and {len(ids) - len(shown)} more feature(s) in the report")
+    return lines
+
+
+def _summary_line(s: FeatureStats, width: int) -> str:
+    if s.mode == "real":
+        if not s.n_active:
+            return f"feature {s.feature}: never active in {s.n_tokens:,} tokens"
+        head = (f"feature {s.feature}: density {s.density:.2%} ({s.n_active:,} of {s.n_tokens:,} tokens), "
+                f"max {s.max_activation:.4g}")
+    else:
+        real = "" if s.best_real_activation is None else f" (best real {s.best_real_activation:.4g})"
+        head = f"feature {s.feature}: synthetic {s.max_activation:.4g}{real}"
+    return head + (f", top: {_context(s.examples[0], width)}" if s.examples else "")
+
+
+def _context(e: Example, width: int) -> str:
+    """The example's tokens with the peak token in ``«»``, escaped and cut around it."""
+    from trajectory.render.style import display_token
+
+    def shown(tokens: list[str]) -> str:
+        return display_token("".join(tokens), max_len=0, mark_spaces=False) if tokens else ""
+
+    peak = shown(e.tokens[e.peak : e.peak + 1])
+    room = max(width - len(peak), 0)
+    before, after = shown(e.tokens[: e.peak]), shown(e.tokens[e.peak + 1 :])
+    keep_after = min(len(after), room // 3)  # most of the room for what led to the peak
+    keep_before = min(len(before), room - keep_after)
+    keep_after = min(len(after), room - keep_before)
+    before = ("…" + before[len(before) - keep_before :]) if keep_before < len(before) else before
+    after = (after[:keep_after] + "…") if keep_after < len(after) else after
+    return '"' + before + "«" + peak + "»" + after + '"'
 
 
 def sae_info(sae: "SAE") -> dict[str, Any]:

@@ -85,6 +85,7 @@ source_token, first_step, explanation`` (None for residual nodes). Edge attribut
 """
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from typing import Any, Callable, Mapping, Union
 
@@ -102,6 +103,27 @@ __all__ = [
 
 #: ``{(layer, feature): text}`` or a callable ``(layer, feature) -> text | None``.
 Explanations = Union[Mapping[tuple[int, int], str], Callable[[int, int], Union[str, None]], None]
+
+
+def _auto_explanations(build: Callable[..., nx.DiGraph]) -> Callable[..., nx.DiGraph]:
+    """Let ``build(evo, ..., explanations="auto")`` attach the explanations the CLI shows:
+    the bank's stored labels (the bank recorded in the evolution, else
+    ``results/banks/<preset>``), else Neuronpedia (cached) — see
+    :func:`trajectory.explanations.lookup.explain_features`."""
+
+    @functools.wraps(build)
+    def wrapper(evo, *args: Any, explanations: "Explanations | str" = None, **kwargs: Any) -> nx.DiGraph:
+        if not isinstance(explanations, str):
+            return build(evo, *args, explanations=explanations, **kwargs)
+        if explanations != "auto":
+            raise ValueError(f"explanations={explanations!r}: pass 'auto', a dict {{(layer, feature): text}}, "
+                             "a callable (layer, feature) -> text, or None")
+        from trajectory.explanations.lookup import explain_features
+
+        g = build(evo, *args, explanations=None, **kwargs)
+        return attach_explanations(g, explain_features(evo, graph_features(g), progress=False))
+
+    return wrapper
 
 
 def _explainer(explanations: Explanations) -> Callable[[int, int], str | None]:
@@ -205,6 +227,7 @@ def _validate(evo, T: int, through: str) -> None:
         raise ValueError("the evolution has fewer than 2 tokens; a trajectory graph needs a prefix of length ≥ 2")
 
 
+@_auto_explanations
 def graph_for_prefix(
     evo,
     n: int,
@@ -242,6 +265,7 @@ def _add_node_edges(g: nx.DiGraph, news: _Newcomers, q: int, layer: int, include
     return keys
 
 
+@_auto_explanations
 def trajectory_graph(
     evo,
     *,
@@ -258,9 +282,11 @@ def trajectory_graph(
     T : final-rank cut-off of newcomers (the original method used 13-22).
     through : ``"attention"`` or ``"mlp"``: the step at which newcomers must still be present.
     include_bos : draw edges from BOS (left out by default).
-    explanations : ``{(layer, feature): text}`` or a callable ``(layer, feature) -> text``;
-        attached to every feature dict (``None`` where missing). See also
-        :func:`attach_explanations` to add them later.
+    explanations : ``{(layer, feature): text}``, a callable ``(layer, feature) -> text``,
+        or ``"auto"``: the explanations ``trajectory graph`` shows (the bank's stored
+        labels for locally trained SAEs, else Neuronpedia, cached on disk); attached to
+        every feature dict (``None`` where missing). See also :func:`attach_explanations`
+        to add them later.
 
     Returns
     -------

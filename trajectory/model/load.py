@@ -65,6 +65,22 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str) -> str:
+    """``device`` if torch can use it here; a clear error for CUDA/MPS on a machine without it."""
+    import torch
+
+    kind = str(device).split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device}: no CUDA GPU is usable on this machine (torch {torch.__version__}, "
+                           "torch.cuda.is_available() is False); use --device cpu, or install a CUDA build of torch "
+                           "(TRAJECTORY_TORCH_SPEC) on a machine with a GPU")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"--device {device}: Apple MPS is not available here; use --device cpu")
+    if kind not in ("cpu", "cuda", "mps", "meta"):
+        raise ValueError(f"unknown device {device!r}; use cpu or cuda (cuda:N for one GPU of several)")
+    return str(device)
+
+
 # --------------------------------------------------------------------------------------
 # The offline model's cache folder
 # --------------------------------------------------------------------------------------
@@ -104,7 +120,7 @@ def load_model(
     from trajectory.presets import PRESETS
 
     torch_dtype = parse_dtype(dtype)
-    device = device or default_device()
+    device = check_device(device) if device else default_device()
     name = str(preset_or_name)
     if name in PRESETS:
         preset = PRESETS[name]

@@ -11,14 +11,13 @@ that reach rank ≤ ``top`` at some step are drawn, so the picture stays readabl
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from trajectory.io import atomic_path, atomic_write
+from trajectory.render.page import write_page
 from trajectory.render.style import display_token, html_text, wrap
 
 #: ``id`` of the plotly graph ``<div>`` in the written page.
@@ -44,6 +43,10 @@ class RankLines:
         top: features reaching rank ≤ ``top`` at some step are drawn.
         T, through: the newcomer rule used (final rank ≤ T at the last attention or ``mlp`` step).
         final_step: index of the step the newcomer rule checks (``n`` or ``n + 1``).
+        kept: the evolution's top-k (how many active features each step keeps).
+        max_active: the most features active at any step shown (may exceed ``kept``).
+        sae: what the evolution recorded about this layer's SAE (``metadata["saes"]``;
+            ``architecture``, ``d_sae``, ``k`` for a TopK SAE when recorded), or ``{}``.
     """
 
     layer: int
@@ -59,6 +62,9 @@ class RankLines:
     final_step: int
     model_name: str = ""
     explanations: dict[int, str] = field(default_factory=dict)
+    kept: int | None = None
+    max_active: int | None = None
+    sae: dict[str, Any] = field(default_factory=dict)
 
     def step_labels(self, token_label=None) -> list[str]:
         """``initial``, ``key j 'tok'`` ..., ``mlp`` with tokens shown visibly (not escaped for HTML)."""
@@ -96,6 +102,7 @@ def rank_lines(
     for s in range(n_steps):
         idx, val = evo.topk(n, layer, s)  # raises a clear ValueError for a bad layer or n
         per_step.append({int(i): (r, float(v)) for r, (i, v) in enumerate(zip(idx.tolist(), val.tolist()), start=1)})
+    max_active = max(evo.n_active(n, layer, s) for s in range(n_steps))
     if newcomers is None:
         from trajectory.newcomers import find_newcomers
 
@@ -122,7 +129,26 @@ def rank_lines(
         layer=int(layer), n=int(n), tokens=list(evo.tokens), features=order, ranks=ranks, activations=acts,
         newcomers=[f for f in order if f in set(new)], top=top, T=int(T), through=through, final_step=final_step,
         model_name=str(evo.model_name or ""), explanations={int(k): str(v) for k, v in (explanations or {}).items() if v},
+        kept=int(evo.k), max_active=int(max_active), sae=dict((evo.metadata.get("saes") or {}).get(str(layer)) or {}),
     )
+
+
+def rank_axis_label(lines: RankLines) -> str:
+    """The rank axis title, saying what is true of this plot: ranks are among the active
+    features; how many the evolution keeps (its top-k), how many a TopK SAE can activate
+    (its own k, when the evolution recorded it), and how many were active here at most.
+
+    >>> rank_axis_label(RankLines(2, 3, [], [], np.zeros((0, 5)), np.zeros((0, 5)), [], 22, 22, "attention", 3,
+    ...                 kept=400, max_active=64, sae={"architecture": "TopKSAE", "k": 64}))
+    'rank among active features (1 = strongest)\\ntop 400 kept · TopK SAE: at most 64 active · here at most 64 active'
+    """
+    parts = [f"top {lines.kept} kept"] if lines.kept else []
+    sae_k = lines.sae.get("k")
+    if sae_k and "topk" in str(lines.sae.get("architecture", "topk")).lower():
+        parts.append(f"TopK SAE: at most {int(sae_k)} active")
+    if lines.max_active is not None:
+        parts.append(f"here at most {lines.max_active} active")
+    return "rank among active features (1 = strongest)" + ("\n" + " · ".join(parts) if parts else "")
 
 
 def _y_ticks(max_rank: float) -> list[int]:
@@ -148,38 +174,37 @@ def evolution_plot_png(evo, layer: int, n: int, path: str | Path, *, title: str 
     ``lines_options`` go to :func:`rank_lines`: ``T`` (default 22), ``through``, ``top``,
     ``newcomers`` and ``explanations`` (feature -> text, labelling the newcomers in the legend).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    import matplotlib
-
-    from trajectory.render.png import _fonts, png_token_label
+    from trajectory.render.png import save_png
 
     lines = rank_lines(evo, layer, n, **lines_options)
-    S = n + 2
+    return save_png(lambda: evolution_png_figure(lines, title=title, dpi=dpi), path, dpi=dpi)
+
+
+def evolution_png_figure(lines: RankLines, *, title: str | None = None, dpi: int = 150):
+    """The matplotlib ``Figure`` that :func:`evolution_plot_png` saves (no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from trajectory.render.png import png_token_label
+
+    S = lines.n + 2
     labels = lines.step_labels(png_token_label)
-    families, _ = _fonts()
     width = min(70.0, max(11.0 if lines.newcomers else 9.0, (7.0 if lines.newcomers else 4.5) + 0.36 * S))
-    rc = {"text.parse_math": False, "font.family": families}
-    path = Path(path)
-    with matplotlib.rc_context(rc), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Glyph .* missing from")
-        fig = Figure(figsize=(width, 6.5), dpi=dpi, layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        _draw_rank_lines(ax, lines, labels)
-        _rank_axes(ax, lines, labels, evo.k)
-        head, sub = _titles(lines, title)
-        sub = "\n".join(wrap(sub, int(width * 9)))
-        ax.set_title(f"{display_token(head, max_len=200, mark_spaces=False)}\n{sub}", fontsize=10, loc="left")
-        if lines.newcomers:
-            fig.legend(loc="outside right upper", fontsize=8, title="newcomers", title_fontsize=9, frameon=False)
-        if not lines.features:
-            ax.text(0.5, 0.5, "no active features at this layer and prefix", transform=ax.transAxes,
-                    ha="center", va="center", fontsize=13, color="#444444",
-                    bbox=dict(boxstyle="round,pad=0.6", fc="#f4f4f4", ec="#bbbbbb"))
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")
-    return path
+    fig = Figure(figsize=(width, 6.5), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    _draw_rank_lines(ax, lines, labels)
+    _rank_axes(ax, lines, labels)
+    head, sub = _titles(lines, title)
+    sub = "\n".join(wrap(sub, int(width * 9)))
+    ax.set_title(f"{display_token(head, max_len=200, mark_spaces=False)}\n{sub}", fontsize=10, loc="left")
+    if lines.newcomers:
+        fig.legend(loc="outside right upper", fontsize=8, title="newcomers", title_fontsize=9, frameon=False)
+    if not lines.features:
+        ax.text(0.5, 0.5, "no active features at this layer and prefix", transform=ax.transAxes,
+                ha="center", va="center", fontsize=13, color="#444444",
+                bbox=dict(boxstyle="round,pad=0.6", fc="#f4f4f4", ec="#bbbbbb"))
+    return fig
 
 
 def _draw_rank_lines(ax, lines: RankLines, labels: list[str]) -> None:
@@ -198,7 +223,7 @@ def _draw_rank_lines(ax, lines: RankLines, labels: list[str]) -> None:
         ax.plot(x, lines.ranks[i], color=_PALETTE[c % len(_PALETTE)], lw=2.2, marker="o", ms=4, zorder=3, label=label)
 
 
-def _rank_axes(ax, lines: RankLines, labels: list[str], k: int) -> None:
+def _rank_axes(ax, lines: RankLines, labels: list[str]) -> None:
     """Log rank axis (rank 1 at the top) with the T line, steps on x, the final step marked."""
     from matplotlib.ticker import FixedLocator, NullLocator
 
@@ -217,13 +242,13 @@ def _rank_axes(ax, lines: RankLines, labels: list[str], k: int) -> None:
     ax.set_xticks(np.arange(S), labels, rotation=60 if S > 8 else 30, ha="right", rotation_mode="anchor", fontsize=8)
     ax.set_xlim(-0.5, S - 0.5)
     ax.set_xlabel("step (SAE input after adding each key token's attention contribution, then the MLP)")
-    ax.set_ylabel(f"rank in the top-{k} (1 = strongest)")
+    ax.set_ylabel(rank_axis_label(lines))
     ax.grid(axis="y", color="#eeeeee", lw=0.6)
     for spine in ("top", "right"):
         ax.spines[spine].set_visible(False)
 
 
-def build_evolution_figure(lines: RankLines, *, k: int | None = None, title: str | None = None):
+def build_evolution_figure(lines: RankLines, *, title: str | None = None):
     """The plotly ``Figure`` of an evolution plot (what :func:`evolution_plot_html` writes)."""
     import plotly.graph_objects as go
 
@@ -279,7 +304,7 @@ def build_evolution_figure(lines: RankLines, *, k: int | None = None, title: str
         legend=dict(title=dict(text="newcomers")),
         xaxis=dict(title=dict(text="step"), tickmode="array", tickvals=x, ticktext=labels,
                    tickangle=-55 if S > 8 else 0, range=[-0.5, S - 0.5]),
-        yaxis=dict(title=dict(text=f"rank{f' in the top-{k}' if k else ''} (1 = strongest)"), type="log",
+        yaxis=dict(title=dict(text="<br>".join(map(html_text, rank_axis_label(lines).split("\n")))), type="log",
                    range=[math.log10(max(max_rank, lines.T) * 1.25), math.log10(0.8)],
                    tickmode="array", tickvals=ticks, ticktext=[str(t) for t in ticks]),
         shapes=[dict(type="line", xref="paper", x0=0, x1=1, y0=lines.T, y1=lines.T,
@@ -298,17 +323,16 @@ def build_evolution_figure(lines: RankLines, *, k: int | None = None, title: str
 
 
 def evolution_plot_html(evo, layer: int, n: int, path: str | Path, *, title: str | None = None,
-                        **lines_options: Any) -> Path:
-    """Write the evolution plot of (layer, n) as a self-contained HTML page (plotly.js
-    inlined, atomic write); returns the path. Options as :func:`evolution_plot_png`.
-    Hover a point for the feature, step, rank, activation and explanation."""
+                        plotly_js: str | Path = "directory", **lines_options: Any) -> Path:
+    """Write the evolution plot of (layer, n) as an HTML page (atomically); returns the path.
+
+    Hover a point for the feature, step, rank, activation and explanation. ``plotly_js``
+    as for :func:`trajectory.render.render_html` (default ``"directory"``: one shared
+    ``plotly.min.js`` beside the page; a path to a ``.js`` file lets pages of several
+    folders share one copy). Other options as :func:`evolution_plot_png`.
+    """
     lines = rank_lines(evo, layer, n, **lines_options)
-    fig = build_evolution_figure(lines, k=evo.k, title=title)
-    page = fig.to_html(include_plotlyjs=True, full_html=True, div_id=EVOLUTION_DIV_ID, default_width="100%",
-                       default_height="720px", config={"scrollZoom": True, "displaylogo": False, "responsive": True})
     head, _ = _titles(lines, title)
-    page = page.replace("<head>", f"<head>\n    <title>{html_text(head)}</title>", 1)
-    path = Path(path)
-    with atomic_write(path) as fh:
-        fh.write(page)
-    return path
+    return write_page(build_evolution_figure(lines, title=title), path, div_id=EVOLUTION_DIV_ID, title=head,
+                      plotly_js=plotly_js, height="720px",
+                      config={"scrollZoom": True, "displaylogo": False, "responsive": True})

@@ -1,20 +1,27 @@
-"""Self-contained interactive HTML of a trajectory graph (plotly; plotly.js inlined).
+"""Interactive HTML of a trajectory graph (plotly).
 
-The page works offline (no CDN, no fonts or scripts fetched). Zoom with the mouse wheel
-or a drag, pan with the pan tool; hover a node to see its token, layer and the newcomer
-features that arrived there (activation, final rank, the key token that brought each
-one, explanation); hover the middle of an edge for the features it carries.
+Zoom with the mouse wheel or a drag, pan with the pan tool. Hover a node for its token,
+layer and the newcomer features that arrived there (the strongest
+:data:`MAX_HOVER_FEATURES`, with activation, final rank, the key token that brought each
+one and the start of its explanation); hover anywhere along an edge for the features it
+carries. A click on a node or an edge pins its full list, explanations whole, in a side
+panel. Where two edges cross at a hover point of both, its tooltip names both (their
+features on click).
+
+The page loads plotly.js per ``plotly_js`` (:mod:`trajectory.render.page`): by default
+from one shared ``plotly.min.js`` next to it, so it opens offline.
 
 Every string that comes from tokens, corpora or the network goes through
 :func:`trajectory.render.style.html_text` (``html.escape``) before plotly sees it.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from trajectory.io import atomic_write
+from trajectory.render.page import write_page
 from trajectory.render.style import (
     GraphView,
     display_token,
@@ -24,13 +31,22 @@ from trajectory.render.style import (
     rank_colour,
     rank_colour_stops,
     rank_ticks,
+    trajectories_text,
     wrap,
 )
 
 #: ``id`` of the plotly graph ``<div>`` in the written page.
 GRAPH_DIV_ID = "trajectory-graph"
-#: At most this many features are listed in one hover label.
-MAX_HOVER_FEATURES = 15
+#: At most this many features are listed in one tooltip; a click shows them all.
+MAX_HOVER_FEATURES = 5
+#: Hover points of an edge lie about this many pixels apart (at the page's height and a
+#: window :data:`ASSUMED_PLOT_WIDTH` px wide), well under plotly's hover distance (20 px),
+#: and never fewer than 9 per edge (at 0.1, 0.2, ..., 0.9 of its length).
+HOVER_POINT_SPACING = 12
+#: Width (px) of the plot area the hover points are spaced for; wider windows stretch the
+#: gaps (24 px at twice this), still within reach of the hover.
+ASSUMED_PLOT_WIDTH = 1000
+_SEPARATOR = "<br>────────────<br>"
 
 
 def _tok(view: GraphView, i: int) -> str:
@@ -38,10 +54,13 @@ def _tok(view: GraphView, i: int) -> str:
     return html_text(f"'{display_token(view.token(int(i)), max_len=40)}'")
 
 
-def _feature_lines(view: GraphView, feats: Iterable[Mapping[str, Any]], *, with_source: bool) -> list[str]:
+def _feature_lines(view: GraphView, feats: Iterable[Mapping[str, Any]], *, with_source: bool, full: bool) -> list[str]:
+    """One line per feature (strongest first) with its explanation: the first
+    :data:`MAX_HOVER_FEATURES` and one explanation line each for a tooltip, all of it when ``full``."""
     feats = sorted(feats, key=lambda f: (int(f.get("rank", 0) or 0), int(f.get("feature", 0))))
+    shown = feats if full else feats[:MAX_HOVER_FEATURES]
     lines = []
-    for f in feats[:MAX_HOVER_FEATURES]:
+    for f in shown:
         head = f"#{int(f.get('rank', 0))} feature {int(f.get('feature', -1))} · act {float(f.get('activation', 0.0)):.3g}"
         if with_source and f.get("source_token") is not None:
             head += f" · from key {int(f['source_token'])} {_tok(view, f['source_token'])}"
@@ -51,25 +70,28 @@ def _feature_lines(view: GraphView, feats: Iterable[Mapping[str, Any]], *, with_
         expl = f.get("explanation")
         if expl:  # a missing explanation just leaves the line out
             text = wrap(expl, 80)
-            text = text[:3] if len(text) <= 3 else text[:2] + [text[2] + " …"]
+            text = text if full else [text[0] + (" …" if len(text) > 1 else "")]
             lines.extend("&nbsp;&nbsp;&nbsp;" + html_text(t) for t in text)
-    if len(feats) > MAX_HOVER_FEATURES:
-        lines.append(f"… and {len(feats) - MAX_HOVER_FEATURES} more")
+    if len(feats) > len(shown):
+        lines.append(f"… and {len(feats) - len(shown)} more (click for the full list)")
     return lines
 
 
-def node_hover(view: GraphView, node, d: Mapping[str, Any]) -> str:
-    """Hover text of one node (plotly HTML subset; all outside text escaped)."""
+def _arrivals(n: int, how: str) -> str:
+    return f"{n} newcomer feature{'s' if n != 1 else ''} through {how}:"
+
+
+def node_hover(view: GraphView, node, d: Mapping[str, Any], *, full: bool = False) -> str:
+    """Hover text of one node (plotly HTML subset; all outside text escaped); ``full``:
+    every feature and whole explanations (the click panel)."""
     t, layer = int(d.get("token_index", node[0])), int(d.get("layer", node[1]))
     lines = [f"<b>{_tok(view, t)}</b> · token {t} · {layer_label(layer)}"]
     new = list(d.get("newcomers") or [])
     mlp = list(d.get("mlp_newcomers") or [])
     if new:
-        lines.append(f"{len(new)} newcomer feature{'s' if len(new) != 1 else ''} through attention:")
-        lines += _feature_lines(view, new, with_source=True)
+        lines += [_arrivals(len(new), "attention")] + _feature_lines(view, new, with_source=True, full=full)
     if mlp:
-        lines.append(f"{len(mlp)} newcomer feature{'s' if len(mlp) != 1 else ''} through the MLP:")
-        lines += _feature_lines(view, mlp, with_source=False)
+        lines += [_arrivals(len(mlp), "the MLP")] + _feature_lines(view, mlp, with_source=False, full=full)
     if not new and not mlp:
         out = sorted(view.g.successors(node))
         if out:
@@ -80,16 +102,19 @@ def node_hover(view: GraphView, node, d: Mapping[str, Any]) -> str:
     return "<br>".join(lines)
 
 
-def edge_hover(view: GraphView, u, v, d: Mapping[str, Any]) -> str:
-    """Hover text of one edge ``(t, L-1) → (q, L)``."""
+def edge_hover(view: GraphView, u, v, d: Mapping[str, Any], *, full: bool = False, heading: bool = False) -> str:
+    """Hover text of one edge ``(t, L-1) → (q, L)``; ``full`` as in :func:`node_hover`;
+    ``heading``: only its two heading lines (where several edges share a tooltip)."""
     t, q = int(d.get("source_token", u[0])), int(d.get("target_token", v[0]))
     layer = int(d.get("layer", v[1]))
+    count = int(d.get("num_trajectories", 0))
     lines = [
         f"<b>{layer_label(layer)} attention</b>: key {t} {_tok(view, t)} → query {q} {_tok(view, q)}",
-        f"prefix length {int(d.get('prefix_length', q + 1))} · {int(d.get('num_trajectories', 0))} trajector"
-        f"{'y' if int(d.get('num_trajectories', 0)) == 1 else 'ies'} · best final rank {int(d.get('best_rank', 0))}",
+        f"prefix length {int(d.get('prefix_length', q + 1))} · {trajectories_text(count)} (newcomer feature"
+        f"{'' if count == 1 else 's'} carried) · best final rank {int(d.get('best_rank', 0))}",
     ]
-    lines += _feature_lines(view, d.get("features") or [], with_source=False)
+    if not heading:
+        lines += _feature_lines(view, d.get("features") or [], with_source=False, full=full)
     return "<br>".join(lines)
 
 
@@ -101,6 +126,7 @@ def build_figure(g, *, title: str | None = None):
     traces = _edge_traces(view)
     if g.number_of_nodes():
         traces.append(_node_trace(g, view))
+    traces += _legend_traces(view)
     fig = go.Figure(traces)
     fig.update_layout(**_layout(view, title))
     if not view.edges():
@@ -111,15 +137,52 @@ def build_figure(g, *, title: str | None = None):
     return fig
 
 
+def edge_width(count: int, cmax: int) -> float:
+    """Line width (px) of an edge carrying ``count`` trajectories; ``cmax`` is the graph's most."""
+    return 1.0 + 5.0 * count / max(cmax, 1)
+
+
+def node_size(n_newcomers: int) -> float:
+    """Marker diameter (px) of a node where ``n_newcomers`` features arrive (12 or more: the largest)."""
+    return 7 + 2.2 * min(n_newcomers, 12)
+
+
+def hover_points(view: GraphView) -> list[tuple[float, float, tuple[int, ...]]]:
+    """Invisible hover points along every edge: ``(x, y, edges)``, ``edges`` being the
+    indices into ``view.edges()`` of the edges that have a point there, strongest first.
+
+    Each edge gets points at equal fractions of its length, at least 9 (0.1, 0.2, ...,
+    0.9) and about :data:`HOVER_POINT_SPACING` pixels apart on screen, so it answers hover
+    anywhere along it. Where two edges have a point at the same place (crossing edges with coinciding
+    midpoints), that one point names both; every edge keeps its other points, so each
+    stays reachable. Points merely close to another edge are left alone: the cursor picks
+    the nearer one, which is the edge it is on.
+    """
+    at: dict[tuple[float, float], list[int]] = defaultdict(list)
+    # pixels per token column and per layer row (axis ranges as in _layout, margins as there)
+    px_x = ASSUMED_PLOT_WIDTH / (len(view.columns) + 0.4)
+    px_y = (page_height(view) - 190) / (len(view.rows) + 0.4)
+    for i, (u, v, _) in enumerate(view.edges()):
+        (x0, y0), (x1, y1) = view.xy(u), view.xy(v)
+        m = max(9, math.ceil(math.hypot((x1 - x0) * px_x, (y1 - y0) * px_y) / HOVER_POINT_SPACING))
+        for j in range(1, m + 1):
+            f = j / (m + 1)
+            # rounded to far below a pixel, so that float noise does not split one place in two
+            at[(round(x0 + f * (x1 - x0), 9), round(y0 + f * (y1 - y0), 9))].append(i)
+    return [(x, y, tuple(sorted(set(here), reverse=True))) for (x, y), here in at.items()]  # edges(): weakest first
+
+
 def _edge_traces(view: GraphView) -> list:
-    """Edge lines, one trace per (best rank, count) so each gets its colour and width, and
-    invisible points at edge midpoints that carry the edge hover (and the colour bar)."""
+    """Edge lines, one trace per (best rank, count) so each gets its colour and width;
+    then one invisible hover trace per edge (or set of crossing edges) with its points
+    along the edge, its tooltip and its click text; and the rank colour bar."""
     import plotly.graph_objects as go
 
     top, cmax = view.rank_max(), view.count_max()
+    edges = view.edges()
     traces: list = []
     groups: dict[tuple[int, int], list] = defaultdict(list)
-    for u, v, d in view.edges():
+    for u, v, d in edges:
         groups[(int(d.get("best_rank", 1) or 1), int(d.get("num_trajectories", 1) or 1))].append((u, v))
     for (rank, count), pairs in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
         xs, ys = [], []
@@ -129,47 +192,94 @@ def _edge_traces(view: GraphView) -> list:
             ys += [y0, y1, None]
         traces.append(go.Scatter(
             x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
-            line=dict(color=rank_colour(rank, top), width=1.0 + 5.0 * count / cmax), opacity=0.8,
-            name=f"rank {rank}, {count} trajectories",
+            line=dict(color=rank_colour(rank, top), width=edge_width(count, cmax)), opacity=0.8,
+            name=f"rank {rank}, {trajectories_text(count)}",
         ))
-    edges = view.edges()
-    if edges:
-        mids = [tuple((a + b) / 2 for a, b in zip(view.xy(u), view.xy(v))) for u, v, _ in edges]
+    if not edges:
+        return traces
+    at: dict[tuple[int, ...], list[tuple[float, float]]] = defaultdict(list)
+    for x, y, here in hover_points(view):
+        at[here].append((x, y))
+    for here, pts in at.items():
+        if len(here) == 1:
+            tip = edge_hover(view, *edges[here[0]])
+        else:  # crossing edges: a short tooltip naming each, their features on click
+            tip = (f"<b>{len(here)} edges cross here</b> (click for their features)<br>"
+                   + _SEPARATOR.join(edge_hover(view, *edges[i], heading=True) for i in here))
+        panel = _SEPARATOR.join(edge_hover(view, *edges[i], full=True) for i in here)
         traces.append(go.Scatter(
-            x=[m[0] for m in mids], y=[m[1] for m in mids], mode="markers", name="edges",
-            hovertext=[edge_hover(view, u, v, d) for u, v, d in edges], hoverinfo="text", showlegend=False,
-            # colour = -rank so that rank 1 (red) sits at the top of the colour bar
-            marker=dict(
-                size=14, opacity=0, color=[-int(d.get("best_rank", 1) or 1) for _, _, d in edges],
-                cmin=-top, cmax=-1, colorscale=[[1.0 - f, c] for f, c in reversed(rank_colour_stops())],
-                showscale=True,
-                colorbar=dict(title=dict(text="best final<br>rank", side="top"), thickness=14, len=0.8,
-                              tickmode="array", tickvals=[-t for t in rank_ticks(top)],
-                              ticktext=[str(t) for t in rank_ticks(top)]),
-            ),
+            x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", showlegend=False,
+            name="edge " + " + ".join(f"{edges[i][0]}→{edges[i][1]}" for i in here),
+            # one text per trace, not per point: the page stays small with many points
+            hovertext=tip, hoverinfo="text", meta=panel,
+            marker=dict(size=12, opacity=0, color="#000000"),
         ))
+    # the colour bar on its own invisible trace; colour = -rank so that rank 1 (red) sits at the top
+    traces.append(go.Scatter(
+        x=[None], y=[None], mode="markers", name="rank scale", hoverinfo="skip", showlegend=False,
+        marker=dict(size=0, opacity=0, color=[-1], cmin=-top, cmax=-1, showscale=True,
+                    colorscale=[[1.0 - f, c] for f, c in reversed(rank_colour_stops())],
+                    colorbar=dict(title=dict(text="best final<br>rank", side="top"), thickness=14, len=0.45,
+                                  y=1.0, yanchor="top", tickmode="array", tickvals=[-t for t in rank_ticks(top)],
+                                  ticktext=[str(t) for t in rank_ticks(top)])),
+    ))
     return traces
 
 
 def _node_trace(g, view: GraphView):
-    """Nodes sized by their newcomer count (grey where none arrived), with hover text."""
+    """Nodes sized by their newcomer count (grey where none arrived), with hover and click text."""
     import plotly.graph_objects as go
 
     nodes = sorted(g.nodes(data=True), key=lambda nd: (nd[0][1], nd[0][0]))
     sizes, colours = [], []
     for _, d in nodes:
         n_new = int(d.get("n_newcomers", len(d.get("newcomers") or [])) or 0)
-        sizes.append(7 + 2.2 * min(n_new, 12))
+        sizes.append(node_size(n_new))
         colours.append("#222222" if n_new else "#9a9a9a")
     return go.Scatter(
         x=[view.xy(n)[0] for n, _ in nodes], y=[view.xy(n)[1] for n, _ in nodes], mode="markers", name="nodes",
         hovertext=[node_hover(view, n, d) for n, d in nodes], hoverinfo="text", showlegend=False,
+        meta=[node_hover(view, n, d, full=True) for n, d in nodes], customdata=list(range(len(nodes))),
         marker=dict(size=sizes, color=colours, line=dict(color="white", width=1)),
     )
 
 
+def _legend_traces(view: GraphView) -> list:
+    """Data-less traces that only draw the legend: what edge width, node size and grey nodes mean."""
+    import plotly.graph_objects as go
+
+    traces = []
+    cmax = view.count_max()
+    width_title = "edge width = trajectories<br>(a trajectory: one newcomer<br>feature the edge carried)"
+    for c in sorted({1, max(1, cmax // 2), cmax}) if view.edges() else []:
+        traces.append(go.Scatter(
+            x=[None], y=[None], mode="lines", name=trajectories_text(c), legendgroup="width",
+            legendgrouptitle=dict(text=width_title), line=dict(color="#555555", width=edge_width(c, cmax)),
+        ))
+    node_title = "node size = newcomer features<br>arriving there"
+    for n in (1, 6, 12) if view.g.number_of_nodes() else ():
+        traces.append(go.Scatter(
+            x=[None], y=[None], mode="markers", legendgroup="nodes", legendgrouptitle=dict(text=node_title),
+            name=f"{n}{' or more' if n == 12 else ''} newcomer{'s' if n != 1 else ''}",
+            marker=dict(size=node_size(n), color="#222222"),
+        ))
+    if view.g.number_of_nodes():
+        traces.append(go.Scatter(
+            x=[None], y=[None], mode="markers", legendgroup="nodes", name="grey: no newcomer arrives<br>"
+            "(a source that passes features on)", marker=dict(size=node_size(0), color="#9a9a9a"),
+        ))
+    for t in traces:
+        t.update(showlegend=True, hoverinfo="skip")
+    return traces
+
+
+def page_height(view: GraphView) -> int:
+    """Height (px) of the graph on the page: room for every layer row."""
+    return max(560, 42 * len(view.rows) + 230)
+
+
 def _layout(view: GraphView, title: str | None) -> dict:
-    """Title, axes (tokens on x, layers on y) and hover style."""
+    """Title, axes (tokens on x, layers on y), legend and hover style."""
     head = title if title is not None else (prompt_text(view.tokens, max_len=160) or "trajectory graph")
     return dict(
         title=dict(text=f"{html_text(head)}<br><sup>{html_text(view.subtitle())}</sup>", x=0.01, xanchor="left"),
@@ -178,6 +288,9 @@ def _layout(view: GraphView, title: str | None) -> dict:
         hoverlabel=dict(align="left", bgcolor="white", font=dict(size=12, family="DejaVu Sans Mono, monospace")),
         dragmode="zoom",
         margin=dict(l=60, r=30, t=80, b=110),
+        # the legend only explains; clicking it must not hide anything
+        legend=dict(x=1.02, y=0.5, yanchor="top", itemclick=False, itemdoubleclick=False, font=dict(size=11),
+                    itemsizing="trace", tracegroupgap=12),
         xaxis=dict(
             title=dict(text="token (position in the prompt)"),
             tickmode="array", tickvals=view.columns,
@@ -193,32 +306,27 @@ def _layout(view: GraphView, title: str | None) -> dict:
     )
 
 
-def render_html(g, path: str | Path, *, title: str | None = None) -> Path:
-    """Write a trajectory graph as one self-contained interactive HTML page; returns the path.
+def render_html(g, path: str | Path, *, title: str | None = None, plotly_js: str | Path = "directory") -> Path:
+    """Write a trajectory graph as an interactive HTML page (atomically); returns the path.
 
     Parameters
     ----------
     g: a trajectory graph (schema in ``trajectory.graph``); an empty graph gives a page
         that says so.
-    path: output file (written atomically). About 5 MB: plotly.js is inlined so the page
-        opens without network.
+    path: output file.
     title: first title line (treated as text and escaped); default: the prompt.
+    plotly_js: where the page loads plotly.js from: ``"directory"`` (default; one shared
+        ``plotly.min.js`` beside the page, written if missing or different; opens
+        offline), ``"inline"`` (a self-contained page of about 5 MB), ``"cdn"`` (needs the
+        network), or a path to a shared ``.js`` copy (see :mod:`trajectory.render.page`).
     """
     view = GraphView(g)
-    fig = build_figure(g, title=title)
-    height = max(520, 42 * len(view.rows) + 230)
-    page = fig.to_html(
-        include_plotlyjs=True,
-        full_html=True,
-        div_id=GRAPH_DIV_ID,
-        default_width="100%",
-        default_height=f"{height}px",
+    page_title = title if title is not None else "trajectory graph: " + prompt_text(view.tokens, max_len=80)
+    return write_page(
+        build_figure(g, title=title), path, div_id=GRAPH_DIV_ID, title=page_title, plotly_js=plotly_js,
+        height=f"{page_height(view)}px",
         config={"scrollZoom": True, "displaylogo": False, "responsive": True,
                 "toImageButtonOptions": {"format": "png", "filename": "trajectory_graph", "scale": 2}},
+        hint="Hover a node or any point of an edge for its strongest features; click it to pin the full list "
+             "in a side panel.",
     )
-    page_title = html_text(title if title is not None else "trajectory graph: " + (prompt_text(view.tokens, max_len=80)))
-    page = page.replace("<head>", f"<head>\n    <title>{page_title}</title>", 1)
-    path = Path(path)
-    with atomic_write(path) as fh:
-        fh.write(page)
-    return path

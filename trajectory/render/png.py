@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import warnings
 from pathlib import Path
+from typing import Any, Callable
 
 from trajectory.io import atomic_path
 from trajectory.render.style import (
@@ -19,6 +20,7 @@ from trajectory.render.style import (
     prompt_text,
     rank_colour_stops,
     rank_ticks,
+    trajectories_text,
     wrap,
 )
 
@@ -88,37 +90,69 @@ def render_png(g, path: str | Path, *, title: str | None = None, dpi: int = 150)
     dpi: resolution; the figure size in inches grows with tokens and layers
         (:func:`figure_size`), so the pixel size is ``figure_size(...) * dpi``.
     """
-    import matplotlib
+    return save_png(lambda: png_figure(g, title=title, dpi=dpi), path, dpi=dpi)
 
+
+def save_png(draw: Callable[[], Any], path: str | Path, *, dpi: int) -> Path:
+    """Build a figure with ``draw()`` under the pictures' settings (:func:`_rc`; warnings
+    of glyphs no font has are silenced: such tokens are drawn as escapes) and save it as
+    a 256-colour PNG, atomically; returns the path.
+
+    The picture holds few colours (the rank scale, a palette, greys and their
+    anti-aliased edges), so an adaptive 256-colour palette looks the same as full RGB and
+    takes about a quarter of the bytes: a graph folder with 18 evolution plots stays small.
+    """
+    import io
+
+    import matplotlib
+    from PIL import Image
+
+    path = Path(path)
+    with matplotlib.rc_context(_rc()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from")
+        fig = draw()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
+    buf.seek(0)
+    with Image.open(buf) as im:
+        # no dithering: it would speckle the flat areas and cost bytes
+        small = im.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+    with atomic_path(path) as tmp:
+        small.save(tmp, format="PNG")
+    return path
+
+
+def _rc() -> dict:
+    """Matplotlib settings of every picture: no mathtext from token text, fonts with fallbacks."""
+    return {"text.parse_math": False, "font.family": _fonts()[0], "svg.fonttype": "none"}
+
+
+def png_figure(g, *, title: str | None = None, dpi: int = 150):
+    """The matplotlib ``Figure`` that :func:`render_png` saves (no pyplot state), for
+    callers that want to inspect or add to it; ``save_png(lambda: png_figure(g), path,
+    dpi=dpi)`` is :func:`render_png`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     view = GraphView(g)
-    families, _ = _fonts()
-    path = Path(path)
-    rc = {"text.parse_math": False, "font.family": families, "svg.fonttype": "none"}
-    with matplotlib.rc_context(rc), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Glyph .* missing from")
-        fig = Figure(figsize=figure_size(len(view.columns), len(view.rows)), dpi=dpi, layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        # faint grid of every (token, layer) position, for orientation
-        gx = [x for x in view.columns for _ in view.rows]
-        gy = [y for _ in view.columns for y in range(len(view.rows))]
-        ax.scatter(gx, gy, s=6, c="#d9d9d9", zorder=1, linewidths=0)
-        if view.edges():
-            _draw_edges(fig, ax, view)
-        else:
-            T = f" with final rank ≤ {view.T}" if view.T is not None else ""
-            ax.text(0.5, 0.5, f"no newcomer trajectories{T}\n(empty trajectory graph)", transform=ax.transAxes,
-                    ha="center", va="center", fontsize=13, color="#444444",
-                    bbox=dict(boxstyle="round,pad=0.6", fc="#f4f4f4", ec="#bbbbbb"))
-        if g.number_of_nodes():
-            _draw_nodes(ax, g, view)
-        _draw_axes(fig, ax, view, title)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")
-    return path
+    fig = Figure(figsize=figure_size(len(view.columns), len(view.rows)), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    # faint grid of every (token, layer) position, for orientation
+    gx = [x for x in view.columns for _ in view.rows]
+    gy = [y for _ in view.columns for y in range(len(view.rows))]
+    ax.scatter(gx, gy, s=6, c="#d9d9d9", zorder=1, linewidths=0)
+    if view.edges():
+        _draw_edges(fig, ax, view)
+    else:
+        T = f" with final rank ≤ {view.T}" if view.T is not None else ""
+        ax.text(0.5, 0.5, f"no newcomer trajectories{T}\n(empty trajectory graph)", transform=ax.transAxes,
+                ha="center", va="center", fontsize=13, color="#444444",
+                bbox=dict(boxstyle="round,pad=0.6", fc="#f4f4f4", ec="#bbbbbb"))
+    if g.number_of_nodes():
+        _draw_nodes(fig, ax, g, view)
+    _draw_axes(fig, ax, view, title)
+    return fig
 
 
 def _draw_edges(fig, ax, view: GraphView) -> None:
@@ -144,22 +178,36 @@ def _draw_edges(fig, ax, view: GraphView) -> None:
     cbar.ax.invert_yaxis()  # rank 1 (red) at the top
     counts = sorted({1, max(1, cmax // 2), cmax})
     handles = [Line2D([], [], color="#555555", lw=0.8 + 4.2 * c / cmax) for c in counts]
-    fig.legend(handles, [f"{c} trajector{'y' if c == 1 else 'ies'}" for c in counts],
+    fig.legend(handles, [trajectories_text(c) for c in counts],
                loc="outside upper right", ncols=len(counts), fontsize=8, frameon=False,
-               title="edge width = trajectories (one per newcomer feature the edge brought)", title_fontsize=8)
+               title="edge width = trajectories (a trajectory: one newcomer feature the edge carried)",
+               title_fontsize=8)
 
 
-def _draw_nodes(ax, g, view: GraphView) -> None:
-    """Nodes sized by their newcomer count; grey where none arrived."""
+def _node_area(n_newcomers: int) -> float:
+    """Marker area (pt²) of a node where ``n_newcomers`` features arrive (12 or more: the largest)."""
+    return 18 + 10 * min(n_newcomers, 12)
+
+
+def _draw_nodes(fig, ax, g, view: GraphView) -> None:
+    """Nodes sized by their newcomer count, grey where none arrived, with a legend saying so."""
+    from matplotlib.lines import Line2D
+
     xs, ys, sizes, colours = [], [], [], []
     for node, d in g.nodes(data=True):
         x, y = view.xy(node)
         n_new = int(d.get("n_newcomers", len(d.get("newcomers") or [])) or 0)
         xs.append(x)
         ys.append(y)
-        sizes.append(18 + 10 * min(n_new, 12))
+        sizes.append(_node_area(n_new))
         colours.append("#222222" if n_new else "#8c8c8c")
     ax.scatter(xs, ys, s=sizes, c=colours, zorder=3, edgecolors="white", linewidths=0.6)
+    # Line2D's markersize is a diameter in points, scatter's s an area in points²
+    handles = [Line2D([], [], ls="", marker="o", color=c, markersize=_node_area(n) ** 0.5, markeredgecolor="white")
+               for n, c in ((1, "#222222"), (6, "#222222"), (12, "#222222"), (0, "#8c8c8c"))]
+    labels = ["1 newcomer", "6 newcomers", "12 or more", "grey: none (a source that passes features on)"]
+    fig.legend(handles, labels, loc="outside lower right", ncols=4, fontsize=8, frameon=False,
+               title="node size = newcomer features arriving at that (token, layer)", title_fontsize=8)
 
 
 def _draw_axes(fig, ax, view: GraphView, title: str | None) -> None:

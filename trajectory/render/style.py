@@ -87,6 +87,11 @@ def layer_label(layer: int) -> str:
     return "emb" if int(layer) < 0 else f"L{int(layer)}"
 
 
+def trajectories_text(count: int) -> str:
+    """``"1 trajectory"`` / ``"6 trajectories"``: a trajectory is one newcomer feature an edge carried."""
+    return f"{int(count)} trajector{'y' if int(count) == 1 else 'ies'}"
+
+
 def rank_colour_stops() -> list[tuple[float, str]]:
     """The rank scale as ``(fraction, colour)`` stops, 0 = best rank."""
     n = len(RANK_COLOURS)

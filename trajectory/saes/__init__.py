@@ -11,7 +11,7 @@ from trajectory import lazy_exports
 
 _MODULES = {
     "bank": ("SAEBank", "BankEntry"),
-    "bank_format": ("CorruptBankError", "read_manifest", "read_explanations"),
+    "bank_format": ("CorruptBankError", "read_manifest", "read_explanations", "bank_lock"),
     "memory": ("BankTooLargeError",),
     "formats": ("load_sae", "build_sae", "check_sae_fits"),
 }

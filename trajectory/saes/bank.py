@@ -12,6 +12,7 @@ presets (:meth:`SAEBank.from_release`, :meth:`SAEBank.from_preset`, see
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -194,24 +195,40 @@ class SAEBank(Mapping):
 
     # ------------------------------------------------------------------ disk format
 
-    def save(self, path: str | os.PathLike, *, progress: bool = False) -> Path:
-        """Write the bank to folder ``path`` (replacing one there), atomically.
+    def save(self, path: str | os.PathLike, *, merge: bool = False, progress: bool = False) -> Path:
+        """Write the bank to folder ``path``, atomically; returns ``path``.
 
         Everything is written into a temporary folder beside ``path`` (the manifest
         last) which then takes ``path``'s place, so ``path`` is at any moment either
-        the old complete bank, absent, or the new complete bank. Returns ``path``.
+        the old complete bank, absent, or the new complete bank. Concurrent saves to
+        one path take turns at that swap (:func:`~trajectory.saes.bank_format.bank_lock`);
+        the last one wins.
+
+        Args:
+            merge: keep the layers of the bank at ``path`` that this bank lacks (their
+                files, explanations and manifest entries; metadata keys this bank does
+                not set). The whole save then holds the folder's lock, so concurrent
+                merging saves of different layers all end up in the folder. Without it
+                (the default) the bank at ``path`` is replaced.
+            progress: show a progress bar over the layers.
+
+        Raises:
+            ValueError: ``merge`` into a bank of another model.
         """
         from tqdm.auto import tqdm
 
         path = Path(path)
-        with bank_format.atomic_folder(path) as tmp:
-            records = {
-                str(layer): _write_layer(tmp, layer, e)
-                for layer, e in tqdm(self.entries.items(), desc="saving SAE bank", disable=not progress, unit="layer")
-            }
-            bank_format.write_manifest(
-                tmp, records, model_name=self.model_name, preset=self.preset, metadata=self.metadata
-            )
+        header = {"model_name": self.model_name, "preset": self.preset, "metadata": self.metadata}
+        with bank_format.bank_lock(path) if merge else contextlib.nullcontext():
+            with bank_format.atomic_folder(path) as tmp:
+                records = {
+                    str(layer): _write_layer(tmp, layer, e)
+                    for layer, e in tqdm(self.entries.items(), desc="saving SAE bank", disable=not progress,
+                                         unit="layer")
+                }
+                if merge:
+                    records, header = bank_format.keep_layers(path, tmp, records, header)
+                bank_format.write_manifest(tmp, records, **header)
         return path
 
     @classmethod
@@ -252,7 +269,8 @@ class SAEBank(Mapping):
         check_memory(need, what=f"opening {len(records)} layer(s) of the SAE bank at {path}", device=device)
         verify = bank_format.resolve_verify(records.values(), verify)
         entries = {
-            x: _open_layer(path, x, m, dtype=dtype, device=device, verify=verify, explanations=explanations)
+            x: _open_layer(path, x, m, dtype=dtype, device=device, verify=verify, explanations=explanations,
+                           preset=manifest.get("preset"))
             for x, m in records.items()
         }
         bank = cls(entries, model_name=manifest.get("model_name", ""), preset=manifest.get("preset"),
@@ -376,14 +394,20 @@ def _write_layer(folder: Path, layer: int, e: BankEntry) -> dict[str, Any]:
 
 def _open_layer(
     path: Path, layer: int, record: Mapping[str, Any], *, dtype: str | None, device: str,
-    verify: bool | str, explanations: bool,
+    verify: bool | str, explanations: bool, preset: str | None = None,
 ) -> BankEntry:
     """``layer`` of the bank at ``path`` from its manifest entry ``record``."""
     from trajectory.saes.formats import build_sae
 
     tensors = bank_format.read_layer(path, record, verify=verify)
     cfg = dict(record["cfg"])
-    sae = build_sae(cfg, tensors, dtype=dtype or cfg.get("dtype"), device=device)
+    try:
+        sae = build_sae(cfg, tensors, dtype=dtype or cfg.get("dtype"), device=device)
+    except ValueError as exc:  # the manifest's cfg does not describe the file's tensors
+        raise bank_format.CorruptBankError(
+            f"layer {layer} of the SAE bank at {path}: {path / record['file']} does not fit the manifest's cfg: "
+            f"{exc}; rebuild the layer with {bank_format.rebuild_command(preset, layer)}"
+        ) from None
     return BankEntry(
         layer=layer,
         sae=sae,

@@ -15,7 +15,9 @@ A bank is one folder::
 Manifests written before ``format_version`` existed name it ``version``; both are read.
 The folder is built under a temporary name beside the target and renamed into place
 once complete (manifest written last, :func:`atomic_folder`), so an interrupted save
-never leaves a folder that opens as a bank.
+never leaves a folder that opens as a bank. Writers of one folder take turns through
+the lock file ``.<name>.lock`` beside it (:func:`bank_lock`), so concurrent saves
+neither fail nor, with ``merge``, lose each other's layers.
 
 This module imports no torch at module level: :func:`read_manifest` and
 :func:`read_explanations` serve the graph stage, which runs without it.
@@ -25,8 +27,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from trajectory.io import atomic_write, jsonable, package_versions
+from trajectory.model.offline_gguf import _build_lock as _file_lock
 from trajectory.presets import format_layers
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,6 +52,10 @@ SHA256_AUTO_BYTES = 2 * 1024**3
 
 _FIX = "rerun `trajectory preload` with --force"
 
+log = logging.getLogger(__name__)
+#: the lock files this thread holds (:func:`bank_lock` is re-entrant per thread)
+_held = threading.local()
+
 
 class CorruptBankError(ValueError):
     """A bank file is missing, truncated, fails its checksum or cannot be parsed."""
@@ -55,6 +64,13 @@ class CorruptBankError(ValueError):
 def layer_file(layer: int) -> str:
     """``layer_06.safetensors``: the file of ``layer``'s tensors in a bank folder."""
     return f"layer_{int(layer):02d}.safetensors"
+
+
+def rebuild_command(preset: str | None, layer: int) -> str:
+    """The command that rebuilds ``layer`` of a bank (of ``preset``, when it has one)."""
+    if preset:
+        return f"`trajectory preload --preset {preset} --force --layers {int(layer)}`"
+    return f"`trajectory preload --force --layers {int(layer)}` (with the source options that built the bank)"
 
 
 def format_version(manifest: Mapping[str, Any]) -> int:
@@ -204,27 +220,104 @@ def _read_json(file: Path) -> Any:
 
 
 @contextlib.contextmanager
+def bank_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the exclusive lock of the bank folder ``path`` (waiting for it if need be).
+
+    The lock is the file ``.<name>.lock`` beside the folder (POSIX ``flock``; it stays
+    after use, as removing it would let two writers lock two different files). Hold it
+    around "read the bank, add layers, save" so that a second writer starts from the
+    first one's result. Re-entrant within a thread: :meth:`SAEBank.save` inside it takes
+    it again without waiting for itself.
+
+    Example:
+        >>> import tempfile
+        >>> with bank_lock(Path(tempfile.mkdtemp()) / "bank"):
+        ...     pass  # read, extend and save the bank here
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = (path.parent / f".{path.name}.lock").resolve()
+    held = _held.__dict__.setdefault("locks", set())
+    if lock in held:
+        yield
+        return
+    with _file_lock(lock):
+        held.add(lock)
+        try:
+            yield
+        finally:
+            held.discard(lock)
+
+
+@contextlib.contextmanager
 def atomic_folder(path: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``path`` that takes ``path``'s place on success.
 
     ``path`` is at any moment the old complete folder, absent, or the new complete
     folder; on an exception the temporary folder is removed and ``path`` left as it was.
+    The swap happens under :func:`bank_lock`, so concurrent writers never trip over
+    each other's renames: the last to finish wins.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+        with bank_lock(path):
+            if path.exists():
+                os.replace(path, old)
+            os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def keep_layers(
+    path: Path, folder: Path, records: Mapping[str, Mapping[str, Any]], header: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Merge into ``folder`` (a bank being written) the layers the bank at ``path`` has
+    and ``records`` lacks: their files are hard-linked (copied where links fail), their
+    manifest entries kept as they are.
+
+    ``header`` holds ``model_name``, ``preset`` and ``metadata`` of the bank being written;
+    returns the merged layer entries (sorted) and header (the old metadata updated with
+    the new, the old model name and preset where the new ones are empty). Call it under
+    :func:`bank_lock`, or another writer's layers may land after it looked.
+    """
+    records, header = dict(records), dict(header)
+    if not (path / MANIFEST).is_file():
+        return records, header
+    old = read_manifest(path)
+    if old.get("model_name") and header["model_name"] and old["model_name"] != header["model_name"]:
+        raise ValueError(
+            f"cannot merge into the SAE bank at {path}: it holds SAEs of {old['model_name']}, this bank is "
+            f"for {header['model_name']}; save it elsewhere, or without merge to replace that bank"
+        )
+    kept = {k: m for k, m in old["layers"].items() if k not in records}
+    for m in kept.values():
+        verify_file(path / m["file"], m, check_sha256=False)  # never carry a truncated file along
+        for name in filter(None, (m["file"], m.get("explanations"))):
+            _link_or_copy(path / name, folder / name)
+    if kept:
+        log.info("kept layer(s) %s of the SAE bank at %s", format_layers(int(k) for k in kept), path)
+    header["model_name"] = header["model_name"] or old.get("model_name", "")
+    header["preset"] = header["preset"] or old.get("preset")
+    header["metadata"] = {**(old.get("metadata") or {}), **header["metadata"]}
+    return dict(sorted({**kept, **records}.items(), key=lambda kv: int(kv[0]))), header
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    # bank files are never changed in place (every save writes a new folder), so the
+    # old and the new bank may share them
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not src.is_file():
+        raise CorruptBankError(f"{src} is missing; {_FIX}")
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def write_explanations(folder: Path, layer: int, explanations: Mapping[int, str]) -> str | None:

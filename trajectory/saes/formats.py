@@ -80,11 +80,17 @@ def build_sae(
     target = getattr(torch, sae_cfg.dtype)
     sd = {k: v.to(device=device, dtype=target) if v.is_floating_point() else v.to(device) for k, v in state_dict.items()}
     sae.process_state_dict_for_loading(sd)
-    expected = set(sae.state_dict().keys())
-    missing, extra = expected - set(sd), set(sd) - expected
+    expected = {k: list(v.shape) for k, v in sae.state_dict().items()}
+    missing, extra = set(expected) - set(sd), set(sd) - set(expected)
     if missing or extra:
         raise ValueError(
             f"tensors do not match a {sae_cfg.architecture()} SAE: missing {sorted(missing)}, unexpected {sorted(extra)}"
+        )
+    wrong = [f"{k} has shape {list(sd[k].shape)}, needs {expected[k]}" for k in expected if list(sd[k].shape) != expected[k]]
+    if wrong:  # else torch's own "size mismatch for b_dec" names neither the cfg nor the fix
+        raise ValueError(
+            f"tensors do not match a {sae_cfg.architecture()} SAE with d_in {sae_cfg.d_in}, d_sae {sae_cfg.d_sae} "
+            f"(its cfg): {'; '.join(wrong)}"
         )
     sae.load_state_dict(sd, assign=True)
     return sae
