@@ -100,7 +100,9 @@ def test_include_bos_statistics_count_every_position(tiny_model, tokens):
         # the histogram holds exactly the non-zero values of all positions
         assert s.histogram_edges[0] == pytest.approx(min(0.0, live.min()), abs=1e-6)
         assert s.histogram_edges[-1] == pytest.approx(live.max(), rel=1e-5)
-        assert s.histogram_counts == np.histogram(live, bins=np.array(s.histogram_edges))[0].tolist()
+        # (clipped: one forward pass per chunk differs from the batched scan in the last bits)
+        edges = np.array(s.histogram_edges)
+        assert s.histogram_counts == np.histogram(live.clip(edges[0], edges[-1]), bins=edges)[0].tolist()
         assert [(e.context, e.position) for e in s.examples] == [(t[1], t[2]) for t in top]
         for e, (ids, acts, peak) in zip(s.examples, windows):  # BOS shows its own activation
             assert e.token_ids == ids and e.activations == pytest.approx(acts, rel=1e-5, abs=1e-6)

@@ -205,12 +205,13 @@ def test_every_edge_answers_hover_along_it_and_tooltips_stay_small(browser, tmp_
     for (u, v), mine, other in ((((1, 0), (4, 1)), "key 1 ", "key 2 "), (((2, 0), (3, 1)), "key 2 ", "key 1 ")):
         (x0, y0), (x1, y1) = p.point_xy("trajectory-graph", u[0], rows[u[1]]), \
             p.point_xy("trajectory-graph", v[0], rows[v[1]])
-        # a quarter of the way along the edge, in screen pixels
-        p.page.mouse.move(0, 0)
-        p.page.mouse.move(x0 + 0.25 * (x1 - x0), y0 + 0.25 * (y1 - y0))
-        p.page.wait_for_selector(".hoverlayer .hovertext", timeout=5_000)
-        text = p.page.locator(".hoverlayer .hovertext").first.text_content()
-        assert "L1 attention" in text and mine in text and other not in text, (u, v, text)
+        # a quarter of the way along the edge (and at 0.63, between any two tenths), in screen pixels
+        for f in (0.25, 0.63):
+            p.page.mouse.move(0, 0)
+            p.page.mouse.move(x0 + f * (x1 - x0), y0 + f * (y1 - y0))
+            p.page.wait_for_selector(".hoverlayer .hovertext", timeout=5_000)
+            text = p.page.locator(".hoverlayer .hovertext").first.text_content()
+            assert "L1 attention" in text and mine in text and other not in text, (u, v, f, text)
     # at the common midpoint the tooltip names both
     text = p.hover_text("trajectory-graph", 2.5, 1.5)
     assert "2 edges cross here" in text and "key 1 " in text and "key 2 " in text
