@@ -8,6 +8,7 @@ file under the final name.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import tempfile
@@ -198,3 +199,24 @@ def _check_parents(path: Path, what: str) -> None:
             if not os.access(parent, os.W_OK):
                 raise ValueError(f"{what} {path}: no permission to write in {parent}")
             return
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) between processes: POSIX
+    ``flock``, a no-op where there is none. Logs when it has to wait for another holder."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logging.getLogger(__name__).info("waiting for another process that holds %s", path)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

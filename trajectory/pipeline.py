@@ -108,27 +108,29 @@ def preload_bank(config: PreloadConfig, out: str | Path | None = None, *, progre
     """
     from trajectory.io import check_output_dir
     from trajectory.presets import get_preset
-    from trajectory.saes.bank_format import MANIFEST, read_manifest
+    from trajectory.saes.bank_format import MANIFEST, bank_lock, read_manifest
 
     preset = None if config.custom else get_preset(config.preset)
     out = check_output_dir(out or default_bank_dir(config.source_name()), [MANIFEST], what="bank folder")
     layers = _preload_layers(config, preset)
-    existing = read_manifest(out) if (out / MANIFEST).is_file() else None
-    have = {int(k) for k in existing["layers"]} if existing else set()
-    if existing and not config.force and layers is not None and set(layers) <= have \
-            and all(existing["layers"][str(x)].get("dtype") == config.dtype for x in layers):
-        return PreloadResult(out, existing, sorted(layers), rebuilt=False)
-    if layers is None:  # --sae-folder without --layers: whatever the folder has
-        kept: set[int] = set()
-    else:
-        kept = have - set(layers) if config.force else set(have)
-    bank = _assemble_bank(config, preset, layers, kept, out, progress)
-    if config.model and config.custom:
-        from trajectory.model.load import load_model
+    # one preload at a time per bank folder: a second run waits, then sees (and keeps) the first one's layers
+    with bank_lock(out):
+        existing = read_manifest(out) if (out / MANIFEST).is_file() else None
+        have = {int(k) for k in existing["layers"]} if existing else set()
+        if existing and not config.force and layers is not None and set(layers) <= have \
+                and all(existing["layers"][str(x)].get("dtype") == config.dtype for x in layers):
+            return PreloadResult(out, existing, sorted(layers), rebuilt=False)
+        if layers is None:  # --sae-folder without --layers: whatever the folder has
+            kept: set[int] = set()
+        else:
+            kept = have - set(layers) if config.force else set(have)
+        bank = _assemble_bank(config, preset, layers, kept, out, progress)
+        if config.model and config.custom:
+            from trajectory.model.load import load_model
 
-        bank.check_model(load_model(config.model, device=config.device))
-    bank.save(out, progress=progress)
-    return PreloadResult(out, read_manifest(out), bank.layers, rebuilt=True)
+            bank.check_model(load_model(config.model, device=config.device))
+        bank.save(out, progress=progress)
+        return PreloadResult(out, read_manifest(out), bank.layers, rebuilt=True)
 
 
 def _preload_layers(config: PreloadConfig, preset) -> list[int] | None:

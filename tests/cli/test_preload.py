@@ -112,3 +112,28 @@ def test_preload_offline_really_trains_on_the_tiny_model(tiny_preset, tiny_model
     bank = SAEBank.open(out)
     x = torch.randn(5, tiny_model.cfg.d_model, dtype=torch.float16)
     assert int((bank[1].encode(x) > 0).sum(-1).max()) <= 4  # a TopK SAE with the k asked for
+
+
+def test_two_preloads_into_one_bank_keep_both_runs_layers(tmp_path):
+    """Two real processes preload disjoint layers into the same folder at the same time:
+    both succeed and the bank has every layer (they wait for each other and merge)."""
+    import os
+    import subprocess
+    import sys
+
+    src = _sae_lens_folder(tmp_path / "saes", layers=(0, 1, 2, 3))
+    out = tmp_path / "bank"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    runs = [subprocess.Popen([sys.executable, "-m", "trajectory", "preload", "--sae-folder", str(src), "--layers",
+                              layers, "--out", str(out), "--no-progress", "--device", "cpu"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for layers in ("0,1", "2,3")]
+    for run in runs:
+        stdout, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr
+    assert sorted(read_manifest(out)["layers"]) == ["0", "1", "2", "3"]
+    bank = SAEBank.open(out)
+    x = torch.randn(3, 32)
+    for layer in range(4):
+        ref = random_sae(32, 64, seed=layer, hook_name=f"blocks.{layer}.hook_resid_post")
+        assert torch.equal(bank[layer].encode(x), ref.encode(x))

@@ -154,6 +154,10 @@ def test_too_long_prompt_is_reported_and_the_rest_done(tiny_model, tiny_bank, tm
     with pytest.raises(ValueError, match="none of the 2 prompt.*max_tokens=3"):
         evolve_many(tiny_model, tiny_bank, prompts[:2], empty, k=5, layers=[0], max_tokens=3, progress=False)
     assert not empty.exists()
+    for nothing in ([], "the dark room"):  # a bare string is not a list of prompts
+        with pytest.raises(ValueError, match="non-empty list of prompts"):
+            evolve_many(tiny_model, tiny_bank, nothing, empty, k=5, progress=False)
+    assert not empty.exists()
 
 
 def test_work_bound_applies_to_each_prompt(tiny_model, tiny_bank, tmp_path):

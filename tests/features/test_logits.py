@@ -34,3 +34,23 @@ def test_logit_effects_respect_final_norm_weight(tiny_model):
     assert [v for _, v in a] != pytest.approx([v for _, v in b])
     with pytest.raises(ValueError, match="final_norm"):
         logit_effects(tiny_model, sae, [0], final_norm="bogus")
+
+
+def test_decoder_neighbours_equal_brute_force():
+    import torch
+
+    from trajectory.features.logits import decoder_neighbours
+
+    sae = random_sae(32, 64, seed=5, hook_name=HOOK)
+    with torch.no_grad():
+        sae.W_dec[9] = 3.0 * sae.W_dec[41] + 0.01 * sae.W_dec[9]  # a near-duplicate, with another norm
+        sae.W_dec[20] = -sae.W_dec[3]  # anti-parallel is not near
+    W = sae.W_dec.detach().double()
+    got = decoder_neighbours(sae, FEATURES + [9], chunk=2)  # several chunks
+    for f, (g, cos) in zip(FEATURES + [9], got):
+        ref = [(float(W[f] @ W[o] / (W[f].norm() * W[o].norm())), -o) for o in range(64) if o != f]
+        best, neg = max(ref)  # ties: the lower index
+        assert (g, cos) == (-neg, pytest.approx(best, abs=1e-5))
+    assert got[FEATURES.index(41)][0] == 9 and got[-1][0] == 41 and got[-1][1] > 0.99
+    one = random_sae(32, 1, seed=5, hook_name=HOOK)
+    assert decoder_neighbours(one, [0]) == [None]

@@ -99,6 +99,8 @@ def evolve_many(
     """
     from tqdm.auto import tqdm
 
+    if isinstance(prompts, str) or not prompts:
+        raise ValueError("evolve_many needs a non-empty list of prompts (one evolution file each)")
     out_dir = Path(out_dir)
     kwargs["layers"] = check_bank(model, bank, kwargs.get("layers"),
                                   allow_other_model=bool(kwargs.get("allow_other_model", False)))

@@ -385,9 +385,6 @@ def evolve(
             model, bank[L], all_acts.pop(L), k=k, postnorm=postnorm, method=method, batch_size=batch_size, device=device
         )
     settings = dict(k=k, layers=layers, max_tokens=max_tokens, postnorm=postnorm, method=method, device=str(device))
-    meta = _metadata(bank, layers, prompt, settings)
-    if model_key(getattr(bank, "model_name", "") or model.cfg.model_name) != model_key(model.cfg.model_name):
-        meta["bank_model_name"] = str(bank.model_name)  # allowed cross-use: say whose SAEs these are
     return Evolution(
         tokens=strs,
         token_ids=[int(t) for t in ids],
@@ -397,16 +394,21 @@ def evolve(
         model_name=str(model.cfg.model_name),  # the model that ran, even with another model's bank
         preset=preset if preset is not None else getattr(bank, "preset", None),
         postnorm=recorded_postnorm(model, layers, postnorm),
-        metadata=meta,
+        metadata=_metadata(model, bank, layers, prompt, settings),
     )
 
 
-def _metadata(bank: "SAEBank", layers: list[int], prompt, settings: dict[str, Any]) -> dict[str, Any]:
-    """The result's metadata: provenance, the SAEs, the bank folder and the prompt text."""
+def _metadata(model: "HookedTransformer", bank: "SAEBank", layers: list[int], prompt,
+              settings: dict[str, Any]) -> dict[str, Any]:
+    """The result's metadata: provenance, the SAEs (and the bank's model when it is another
+    one, see ``allow_other_model``), the bank folder and the prompt text."""
     from trajectory.io import provenance
 
     meta = provenance(settings)
     meta["saes"] = sae_summaries(bank, layers)
+    bank_model = str(getattr(bank, "model_name", "") or "")
+    if bank_model and model_key(bank_model) != model_key(model.cfg.model_name):
+        meta["bank_model_name"] = bank_model
     if getattr(bank, "path", None) is not None:
         # stage 3 finds the bank's own explanations (locally trained SAEs) through this
         meta["bank"] = str(Path(bank.path).resolve())

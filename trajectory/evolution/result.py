@@ -33,7 +33,8 @@ the package's file formats), ``tokens`` (strings), ``token_ids``, ``model_name``
 ``steps`` (the step labels of every prefix length,
 ``{"n": ["initial", "key 0 '<bos>'", ..., "mlp"]}``), ``created``, ``versions`` (package
 and library versions, :func:`trajectory.io.provenance`), ``settings`` and, from the
-engine, ``saes``, ``bank`` and ``prompt``. :meth:`Evolution.load` checks every field's
+engine, ``saes``, ``bank`` and ``prompt`` (and ``bank_model_name`` when the SAEs were made
+for another model than ``model_name``, the model that ran: ``allow_other_model``). :meth:`Evolution.load` checks every field's
 presence and type. Any safetensors reader (Python, Rust, JS) can open it; no model is
 needed.
 """

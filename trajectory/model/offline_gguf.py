@@ -11,7 +11,6 @@ first loads build it once, under a lock.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -22,9 +21,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from trajectory.io import cache_dir
+from trajectory.io import cache_dir, file_lock
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
@@ -198,22 +197,6 @@ def _is_complete(folder: Path) -> bool:
     return info.get("format") == OFFLINE_CACHE_FORMAT and info.get("source_sha256") == OFFLINE_GGUF_SHA256
 
 
-@contextlib.contextmanager
-def _build_lock(path: Path) -> Iterator[None]:
-    """Serialise first builds between processes (POSIX ``flock``; no-op elsewhere)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def offline_model_dir() -> Path:
     """The cached folder holding the offline Gemma 3 270M as a plain Hugging Face
     model (``config.json``, ``model.safetensors`` in fp32, tokenizer files), built
@@ -233,7 +216,7 @@ def offline_model_dir() -> Path:
     final = _offline_cache_path()
     if _is_complete(final):
         return final
-    with _build_lock(final.parent / f".{OFFLINE_CACHE_NAME}.lock"):
+    with file_lock(final.parent / f".{OFFLINE_CACHE_NAME}.lock"):
         if _is_complete(final):  # another process built it while we waited
             return final
         _build_offline_dir(final)

@@ -41,7 +41,8 @@ GRAPH_DIV_ID = "trajectory-graph"
 MAX_HOVER_FEATURES = 5
 #: Hover points of an edge lie about this many pixels apart (at the page's height and a
 #: window :data:`ASSUMED_PLOT_WIDTH` px wide), well under plotly's hover distance (20 px),
-#: and never fewer than 9 per edge (at 0.1, 0.2, ..., 0.9 of its length).
+#: and never fewer than 9 per edge (at 0.1, 0.2, ..., 0.9 of its length); always an odd
+#: number, so that one sits at the midpoint.
 HOVER_POINT_SPACING = 12
 #: Width (px) of the plot area the hover points are spaced for; wider windows stretch the
 #: gaps (24 px at twice this), still within reach of the hover.
@@ -165,6 +166,7 @@ def hover_points(view: GraphView) -> list[tuple[float, float, tuple[int, ...]]]:
     for i, (u, v, _) in enumerate(view.edges()):
         (x0, y0), (x1, y1) = view.xy(u), view.xy(v)
         m = max(9, math.ceil(math.hypot((x1 - x0) * px_x, (y1 - y0) * px_y) / HOVER_POINT_SPACING))
+        m += 1 - m % 2  # odd: one point at the midpoint, where plotly users look for it
         for j in range(1, m + 1):
             f = j / (m + 1)
             # rounded to far below a pixel, so that float noise does not split one place in two

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from trajectory.io import atomic_write, jsonable, package_versions
-from trajectory.model.offline_gguf import _build_lock as _file_lock
+from trajectory.io import file_lock as _file_lock
 from trajectory.presets import format_layers
 
 if TYPE_CHECKING:  # pragma: no cover
