@@ -245,11 +245,14 @@ class EvolveConfig:
     postnorm: str = "per_partial_sum"
     method: str = "auto"
     batch_size: int | None = None
+    max_rows: int | None = 1_000_000
+    allow_other_model: bool = False
 
     def engine_options(self, device: str) -> dict[str, Any]:
         """The keyword arguments of ``evolve`` / ``evolve_many``."""
         return dict(k=self.k, layers=self.layers, max_tokens=self.max_tokens, postnorm=self.postnorm,
-                    device=device, batch_size=self.batch_size, method=self.method, preset=self.preset)
+                    device=device, batch_size=self.batch_size, method=self.method, preset=self.preset,
+                    max_rows=self.max_rows, allow_other_model=self.allow_other_model)
 
 
 @dataclass

@@ -56,10 +56,14 @@ def test_prompt_file_writes_one_file_per_prompt(tiny_preset, tiny_model, tiny_ba
     assert main(["evolve", "--bank", str(tiny_bank_dir), "--k", "5", "--layers", "0", "--no-progress",
                  "--prompt-file", str(prompts), "--out", str(folder)]) == 0
     assert "wrote 2 evolution file(s)" in capsys.readouterr().out
-    files = sorted(p for p in folder.iterdir() if p.suffix == ".safetensors")
-    assert len(files) == 2 and (folder / "index.json").is_file()
-    for path, prompt in zip(files, ["the dark room", "smith left ."]):
-        _same_rows(Evolution.load(path), evolve(tiny_model, tiny_bank, prompt, k=5, layers=[0], progress=False))
+    import json
+
+    index = json.loads((folder / "index.json").read_text())
+    assert [e["prompt"] for e in index] == ["the dark room", "smith left ."]
+    assert sorted(p.name for p in folder.iterdir() if p.suffix == ".safetensors") == sorted(e["file"] for e in index)
+    for entry in index:
+        _same_rows(Evolution.load(folder / entry["file"]),
+                   evolve(tiny_model, tiny_bank, entry["prompt"], k=5, layers=[0], progress=False))
 
 
 def test_evolve_errors_are_clear(tiny_preset, tiny_bank_dir, tmp_path, capsys):
@@ -69,6 +73,8 @@ def test_evolve_errors_are_clear(tiny_preset, tiny_bank_dir, tmp_path, capsys):
     assert "prompt is empty" in capsys.readouterr().err
     assert main(common + ["--prompt", "the final correct answer", "--max-tokens", "3"]) == 1
     assert "--max-tokens" in capsys.readouterr().err
+    assert main(common + ["--prompt", "the final correct answer", "--max-rows", "10"]) == 1
+    assert "--max-rows" in capsys.readouterr().err
     assert main(common + ["--layers", "0-30", "--prompt", "the room"]) == 1
     assert "out of range" in capsys.readouterr().err
     assert main(common + ["--prompt", "a", "--prompt-file", "x.txt"]) == 1
@@ -87,3 +93,18 @@ def test_evolve_script_calls_the_same_command():
     script = Path(__file__).resolve().parents[2] / "scripts" / "evolve.py"
     res = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "--postnorm" in res.stdout and "--prompt-file" in res.stdout
+
+
+def test_bank_of_another_model_is_refused_unless_allowed(tiny_preset, tiny_bank, tmp_path, capsys):
+    from trajectory.saes.bank import SAEBank
+
+    other = SAEBank(tiny_bank.entries, model_name="gpt2", metadata=tiny_bank.metadata)
+    folder = other.save(tmp_path / "gpt2-bank")
+    args = ["evolve", "--bank", str(folder), "--k", "5", "--no-progress", "--prompt", PROMPT,
+            "--out", str(tmp_path / "e.safetensors")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "gpt2" in err and "--allow-other-model" in err and not (tmp_path / "e.safetensors").exists()
+    assert main(args + ["--allow-other-model"]) == 0
+    evo = Evolution.load(tmp_path / "e.safetensors")
+    assert evo.model_name != "gpt2" and evo.metadata["bank_model_name"] == "gpt2"

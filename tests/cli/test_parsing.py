@@ -32,7 +32,7 @@ def test_every_command_is_registered(parser, capsys):
      dict(layers="0-3", dtype="bfloat16", out="b", d_sae=64, k=8, epochs=2.0)),
     (["evolve"], dict(preset="offline", prompt=None, prompt_file=None, k=400, layers=None, max_tokens=128,
                       postnorm="per_partial_sum", device=None, dtype=None, bank=None, out=None, method="auto",
-                      batch_size=None, overwrite=False)),
+                      batch_size=None, overwrite=False, max_rows=1000000, allow_other_model=False)),
     (["evolve", "--postnorm", "frozen_scale", "--dtype", "bfloat16", "--bank", "B", "--k", "7", "--method", "direct"],
      dict(postnorm="frozen_scale", dtype="bfloat16", bank="B", k=7, method="direct")),
     (["graph"], dict(file=None, evolution=None, T=22, through="attention", include_bos=False,

@@ -44,6 +44,11 @@ def register(sub) -> None:
                    help="how step vectors are encoded: mixing in feature space (fast) or the SAE's own encode "
                    "(default: auto)")
     p.add_argument("--batch-size", type=int, default=None, help="step rows per encode batch (default: from SAE width)")
+    p.add_argument("--max-rows", type=int, default=1_000_000,
+                   help="refuse evolutions of more step rows (layers x sum of n+2 over prefixes) than this "
+                   "(default: 1000000, about 330 tokens on 18 layers)")
+    p.add_argument("--allow-other-model", action="store_true",
+                   help="use an SAE bank recorded for another model (refused by default)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an --out file that holds another prompt's evolution; with --prompt-file: recompute "
                    "files made with other settings")
@@ -59,7 +64,8 @@ def run(args) -> int:
     config = EvolveConfig(
         preset=preset.name, bank=args.bank, dtype=args.dtype, device=args.device, k=args.k,
         layers=options.layer_list(args.layers, preset.n_layers), max_tokens=args.max_tokens,
-        postnorm=args.postnorm, method=args.method, batch_size=args.batch_size,
+        postnorm=args.postnorm, method=args.method, batch_size=args.batch_size, max_rows=args.max_rows,
+        allow_other_model=args.allow_other_model,
     )
     if args.prompt is not None and args.prompt_file is not None:
         raise ValueError("pass either --prompt or --prompt-file, not both")
@@ -68,6 +74,11 @@ def run(args) -> int:
                         progress=not args.no_progress)
     if prompts is not None:
         print(f"wrote {len(result.paths)} evolution file(s) to {result.out}/ (index: {result.index})")
+        import json
+
+        for entry in json.loads(result.index.read_text(encoding="utf-8")):
+            if entry.get("error"):
+                print(f"  skipped {entry['prompt'][:60]!r}: {entry['error']}")
         return 0
     evo = result.evolution
     print(f"wrote {result.out} ({evo.n_tokens} tokens, layers {evo.layers[0]}-{evo.layers[-1]}, k={evo.k}, "

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from trajectory.features.comparison import Comparison
 
-__all__ = ["feature_figure", "summary_figure", "statistics_figure", "comparison_figure", "plot_feature",
+__all__ = ["figure_context", "feature_figure", "summary_figure", "statistics_figure", "comparison_figure", "plot_feature",
            "plot_summary", "plot_statistics", "plot_comparison", "render_real", "render_synthetic",
            "render_comparison", "display_token"]
 
@@ -374,10 +374,18 @@ def plot_comparison(comparison: "Comparison", path: str | Path) -> Path:
     return _save(comparison_figure(comparison), Path(path))
 
 
+def figure_context(report: FeatureReport) -> str:
+    """What the per-feature figures' titles say about the run: the hook and the corpus
+    in words (real), or the search's steps and restarts (synthetic)."""
+    if report.mode == "real":
+        return f"{report.hook_name}, {report.n_tokens:,} tokens of {corpus_description(report.corpus)}"
+    return f"{report.hook_name}, {report.settings.get('n_steps')} steps x {report.settings.get('restarts')} restarts"
+
+
 def render_real(report: FeatureReport, out_dir: str | Path, *, features: Iterable[int] | None = None) -> list[Path]:
     """``feature_{N}_real.png`` per feature + ``summary_real.png`` + ``statistics_real.png``."""
     out = Path(out_dir)
-    ctx = f"{report.hook_name}, {report.n_tokens:,} tokens of {corpus_description(report.corpus)}"
+    ctx = figure_context(report)
     fn = report.settings.get("final_norm", "weight")
     paths = [plot_feature(report[f], out / f"feature_{f}_real.png", context=ctx, final_norm=fn)
              for f in (features or report.feature_ids)]
@@ -389,7 +397,7 @@ def render_real(report: FeatureReport, out_dir: str | Path, *, features: Iterabl
 def render_synthetic(report: FeatureReport, out_dir: str | Path, *, features: Iterable[int] | None = None) -> list[Path]:
     """``feature_{N}_synthetic.png`` per feature."""
     out = Path(out_dir)
-    ctx = f"{report.hook_name}, {report.settings.get('n_steps')} steps x {report.settings.get('restarts')} restarts"
+    ctx = figure_context(report)
     fn = report.settings.get("final_norm", "weight")
     return [plot_feature(report[f], out / f"feature_{f}_synthetic.png", context=ctx, final_norm=fn)
             for f in (features or report.feature_ids)]

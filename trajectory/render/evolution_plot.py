@@ -248,52 +248,55 @@ def _rank_axes(ax, lines: RankLines, labels: list[str]) -> None:
         ax.spines[spine].set_visible(False)
 
 
+def _template_text(text: str) -> str:
+    """Escaped text made safe inside a plotly ``hovertemplate``: ``%`` as an entity, so
+    that a token or explanation holding ``%{...}`` is shown, not substituted."""
+    return text.replace("%", "&#37;")
+
+
+def _evolution_traces(lines: RankLines) -> list:
+    """One trace per feature: grey for the others (one legend entry for all), coloured and
+    named for the newcomers. The hover text is one template per trace (feature, newcomer,
+    explanation) filled per point with the step, rank and activation, so a page with
+    explanations stays small."""
+    import plotly.graph_objects as go
+
+    S = lines.n + 2
+    long_labels = [html_text(s) for s in lines.step_labels(lambda t: display_token(t, max_len=60))]
+    new = set(lines.newcomers)
+    order = [i for i, f in enumerate(lines.features) if f not in new] + [lines.features.index(f) for f in lines.newcomers]
+    traces = []
+    for i in order:
+        f = lines.features[i]
+        ys = [None if math.isnan(r) else float(r) for r in lines.ranks[i]]
+        template = f"<b>feature {f}</b>{' (newcomer)' if f in new else ''}<br>%{{text}}<br>rank %{{y:d}} · act %{{customdata:.3g}}"
+        if f in lines.explanations:
+            template += "<br>" + "<br>".join(_template_text(html_text(t)) for t in wrap(lines.explanations[f], 70)[:3])
+        common = dict(x=list(range(S)), y=ys, mode="lines+markers", connectgaps=False, hovertemplate=template + "<extra></extra>",
+                      text=[long_labels[s] if ys[s] is not None else "" for s in range(S)],
+                      customdata=[None if y is None else float(lines.activations[i, s]) for s, y in enumerate(ys)])
+        if f in new:
+            c = lines.newcomers.index(f)
+            name = f"{f} → rank {int(lines.ranks[i, lines.final_step])}"
+            if f in lines.explanations:
+                name += ": " + html_text(wrap(lines.explanations[f], 40)[0])
+            traces.append(go.Scatter(name=name, line=dict(color=_PALETTE[c % len(_PALETTE)], width=3),
+                                     marker=dict(size=7), **common))
+        else:
+            traces.append(go.Scatter(name="other features", legendgroup="other", showlegend=not traces,
+                                     line=dict(color="rgba(150,150,150,0.45)", width=1),
+                                     marker=dict(size=3, color="rgba(150,150,150,0.6)"), **common))
+    return traces
+
+
 def build_evolution_figure(lines: RankLines, *, title: str | None = None):
     """The plotly ``Figure`` of an evolution plot (what :func:`evolution_plot_html` writes)."""
     import plotly.graph_objects as go
 
     S = lines.n + 2
     labels = [html_text(s) for s in lines.step_labels()]
-    long_labels = [html_text(s) for s in lines.step_labels(lambda t: display_token(t, max_len=60))]
     x = list(range(S))
-
-    def point_text(i: int, s: int) -> str:
-        f = lines.features[i]
-        text = (f"<b>feature {f}</b>{' (newcomer)' if f in lines.newcomers else ''}<br>{long_labels[s]}<br>"
-                f"rank {int(lines.ranks[i, s])} · act {lines.activations[i, s]:.3g}")
-        if f in lines.explanations:
-            text += "<br>" + "<br>".join(html_text(t) for t in wrap(lines.explanations[f], 70)[:3])
-        return text
-
-    traces = []
-    new = set(lines.newcomers)
-    gx, gy, gt = [], [], []  # all grey lines in one trace, separated by None
-    for i, f in enumerate(lines.features):
-        if f in new:
-            continue
-        for s in range(S):
-            present = not math.isnan(lines.ranks[i, s])
-            gx.append(s)
-            gy.append(float(lines.ranks[i, s]) if present else None)
-            gt.append(point_text(i, s) if present else "")
-        gx.append(None)
-        gy.append(None)
-        gt.append("")
-    if gx:
-        traces.append(go.Scatter(x=gx, y=gy, mode="lines+markers", name="other features", hovertext=gt,
-                                 hoverinfo="text", line=dict(color="rgba(150,150,150,0.45)", width=1),
-                                 marker=dict(size=3, color="rgba(150,150,150,0.6)"), connectgaps=False))
-    for c, f in enumerate(lines.newcomers):
-        i = lines.features.index(f)
-        ys = [None if math.isnan(r) else float(r) for r in lines.ranks[i]]
-        name = f"{f} → rank {int(lines.ranks[i, lines.final_step])}"
-        if f in lines.explanations:
-            name += ": " + html_text(wrap(lines.explanations[f], 40)[0])
-        traces.append(go.Scatter(
-            x=x, y=ys, mode="lines+markers", name=name, connectgaps=False,
-            hovertext=[point_text(i, s) if ys[s] is not None else "" for s in range(S)], hoverinfo="text",
-            line=dict(color=_PALETTE[c % len(_PALETTE)], width=3), marker=dict(size=7),
-        ))
+    traces = _evolution_traces(lines)
     max_rank = float(np.nanmax(lines.ranks)) if np.isfinite(lines.ranks).any() else float(lines.T)
     ticks = _y_ticks(max(max_rank, lines.T))
     head, sub = _titles(lines, title)
