@@ -370,6 +370,7 @@ class GraphConfig:
     bank: str | Path | None = None
     evolution_plots: bool = False
     name: str = "graph"
+    plotly_js: str = "directory"
 
     def __post_init__(self) -> None:
         self.formats = parse_formats(self.formats)
@@ -458,7 +459,7 @@ def write_graph_outputs(evo: "Evolution", out: str | Path, config: GraphConfig |
         elif fmt == "html":
             from trajectory.render import render_html
 
-            result.paths[fmt] = render_html(g, path)
+            result.paths[fmt] = render_html(g, path, plotly_js=config.plotly_js)
         else:
             result.paths[fmt] = export_graph(g, path)
     if config.evolution_plots:
@@ -475,11 +476,13 @@ def _evolution_plots(evo: "Evolution", folder: Path, config: GraphConfig, texts)
         return []
     from trajectory.render import evolution_plot_html, evolution_plot_png
 
+    # the evolution pages share the graph folder's copy of plotly.js
+    page = dict(plotly_js=folder.parent / "plotly.min.js" if config.plotly_js == "directory" else config.plotly_js)
     paths = []
     for layer in tqdm(evo.layers, desc="evolution plots", unit="layer"):
         by_feature = {f: t for (L, f), t in texts.items() if L == layer and t}
         for kind in kinds:
             draw = evolution_plot_png if kind == "png" else evolution_plot_html
             paths.append(draw(evo, layer, evo.n_tokens, folder / f"layer_{layer:02d}.{kind}", T=config.T,
-                              through=config.through, explanations=by_feature))
+                              through=config.through, explanations=by_feature, **(page if kind == "html" else {})))
     return paths

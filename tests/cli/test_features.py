@@ -43,7 +43,10 @@ def test_real_on_a_bank_layer_equals_the_library(tiny_preset, tiny_model, tiny_b
     assert main(["real", "--bank", str(tiny_bank_dir), "--layer", "2", "--features", "0-5", "--corpus", str(corpus),
                  "--context-length", "12", "--max-examples", "3", "--include-bos", "--no-plots", "--out", str(out),
                  "--no-progress", "--device", "cpu"]) == 0
-    assert f"wrote 1 file(s) to {out}/" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"wrote 1 file(s) to {out}/" in printed
+    for f in range(6):  # one summary line per feature
+        assert sum(line.startswith(f"feature {f}:") for line in printed.splitlines()) == 1
     got = FeatureReport.load(out / "real_report.json")
     want = real(tiny_model, tiny_bank[2], "0-5", str(corpus), hook_name=tiny_bank.hook_name(2), context_length=12,
                 max_examples=3, include_bos=True, progress=False)

@@ -2,6 +2,8 @@
 and the stage script."""
 from __future__ import annotations
 
+import pytest
+
 from trajectory.cli import main
 from trajectory.graph.build import attach_explanations, trajectory_graph
 
@@ -30,6 +32,9 @@ def test_cli_writes_every_format(tmp_path, capsys):
     assert "<html" in (out / "graph.html").read_text(encoding="utf-8")[:2000].lower()
     assert sorted(p.name for p in (out / "evolution").iterdir()) == [
         "layer_00.html", "layer_00.png", "layer_01.html", "layer_01.png"]
+    # one shared plotly.js for the whole folder; the evolution pages load the parent's copy
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*.js")] == ["plotly.min.js"]
+    assert 'src="../plotly.min.js"' in (out / "evolution" / "layer_01.html").read_text(encoding="utf-8")
     # whatever explanations were found, the graph is the Python API's graph
     expected = trajectory_graph(evo, T=5)
     for fmt in ("graphml", "gexf", "json"):
@@ -75,3 +80,34 @@ def test_abbreviations_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["graph", "--evolution", str(evo_path), "--t", "10"])
     assert "unrecognized arguments: --t" in capsys.readouterr().err
+
+
+def test_inline_pages_are_single_files(tmp_path):
+    evo_path = make_evolution().save(tmp_path / "evo.safetensors")
+    out = tmp_path / "out"
+    assert main(["graph", str(evo_path), "--no-explanations", "--formats", "html", "--plotly-js", "inline",
+                 "--out", str(out)]) == 0
+    assert not list(out.rglob("*.js"))
+    assert (out / "graph.html").stat().st_size > 3_000_000  # plotly.js inside
+
+
+@pytest.mark.parametrize("through", ["attention", "mlp"])
+def test_evolution_plots_get_the_full_prompt_and_the_options(tmp_path, monkeypatch, through):
+    """The plots drawn are those of the full prompt (n = N) at every layer, with T and --through."""
+    import trajectory.render as render
+
+    calls = []
+    for name in ("evolution_plot_png", "evolution_plot_html"):
+        real = getattr(render, name)
+
+        def record(evo, layer, n, path, *, _real=real, **options):
+            calls.append((path.suffix, layer, n, options["T"], options["through"]))
+            return _real(evo, layer, n, path, **options)
+
+        monkeypatch.setattr(render, name, record)
+    evo = make_evolution()
+    evo_path = evo.save(tmp_path / "evo.safetensors")
+    assert main(["graph", str(evo_path), "--no-explanations", "--formats", "png,html", "--top-rank", "4",
+                 "--through", through, "--out", str(tmp_path / "o")]) == 0
+    assert sorted(calls) == sorted((kind, layer, evo.n_tokens, 4, through)
+                                   for layer in evo.layers for kind in (".png", ".html"))

@@ -2,6 +2,7 @@
 figure draws the data it is about (read back from the Figure's artists)."""
 from __future__ import annotations
 
+import io
 import shutil
 import warnings
 
@@ -66,6 +67,18 @@ def test_pngs_exist_sized_not_blank(reports, tmp_path, artifacts_dir):
         _assert_png(p, (1400, 1000) if p.name.startswith("feature_") else (1400, 800))
         shutil.copy(p, artifacts_dir / f"analysis_{p.name}")
     assert not list(tmp_path.glob(".*tmp*"))
+    # each feature's PNG is the drawing of that feature (checked in its artists below), no other's
+    for rep in (r, s):
+        drawn = {f: _pixels(feature_figure(rep[f], context=figure_context(rep))) for f in rep}
+        for f in rep:
+            png = np.asarray(Image.open(tmp_path / f"feature_{f}_{rep.mode}.png").convert("RGB"))
+            assert [g for g in drawn if np.array_equal(png, drawn[g])] == [f]
+
+
+def _pixels(fig):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, facecolor="white")
+    return np.asarray(Image.open(buf).convert("RGB"))
 
 
 def _charmap(family):

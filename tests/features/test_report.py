@@ -103,3 +103,12 @@ def test_feature_summary_lines():
         'feature 4: synthetic 6 (best real 2.5), top: "<bos>«a»b"']
     assert corpus_description("default") == "the Python documentation (default corpus)"
     assert corpus_description("notes.txt") == "corpus notes.txt" and corpus_description(None) == "no corpus"
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from trajectory.features import report
+
+    result = doctest.testmod(report)
+    assert result.attempted and not result.failed

@@ -184,13 +184,15 @@ def test_evolution_html_in_chromium(browser, tmp_path, artifacts_dir):
     lists[(4, 0)] = [([9, 1, 5], [3, 2, 1]), ([9, 1, 5], [3, 2, 1]), ([9, 7, 1], [3, 2, 1]),
                      ([7, 9, 1], [3, 2, 1]), ([7, 9, 5], [3, 2, 1]), ([7, 5, 9], [3, 2, 1])]
     evo = Evolution.from_lists(tokens, lists, k=3, model_name="tiny-model")
+    # '%{y}' in an explanation must show as text, not as plotly's hover-template placeholder
     path = evolution_plot_html(evo, 0, 4, tmp_path / "evo.html", T=2, newcomers=[7],
-                               explanations={7: EXPLANATION})
+                               explanations={7: EXPLANATION + " 100%{y}"})
     p = Page(browser, path)
     assert p.page.locator(".main-svg").count() >= 1
     # feature 7 is rank 1 at step 3 (key 2): hover it
     text = p.hover_text("evolution-plot", 3, 1)
-    assert "feature 7 (newcomer)" in text and EXPLANATION in text and "key 2 '" + XSS + "'" in text
+    assert "feature 7 (newcomer)" in text and EXPLANATION + " 100%{y}" in text and "key 2 '" + XSS + "'" in text
+    assert "rank 1 · act 3" in text
     p.page.screenshot(path=str(artifacts_dir / "evolution_plot_hover.png"), full_page=True)
     p.assert_clean()
     p.page.close()

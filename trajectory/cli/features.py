@@ -110,6 +110,11 @@ def run(args) -> int:
     )
     out = args.out or target.default_out
     result = analyse_features(target, request, out, progress=not args.no_progress)
+    from trajectory.features import feature_summary_lines
+
+    for report in (result.real, result.synthetic):
+        if report is not None and mode != "compare":
+            print("\n".join(feature_summary_lines(report, limit=20)))
     if result.comparison is not None:
         sm = result.comparison.summary
         never = len(sm["never_fired"])

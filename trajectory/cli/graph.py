@@ -57,6 +57,9 @@ def register(sub) -> None:
                    "<out>/evolution/ (default: on; --no-evolution-plots to skip)")
     options.add_out(p, "output folder (default: a 'graph' folder beside the evolution file)")
     p.add_argument("--name", default="graph", help="base name of the graph files (default: graph)")
+    p.add_argument("--plotly-js", choices=["directory", "inline", "cdn"], default="directory",
+                   help="plotly.js for the HTML pages: one shared plotly.min.js in the output folder (default; "
+                   "pages open offline), inside every page (self-contained single files), or from plotly's CDN")
     p.set_defaults(func=run)
 
 
@@ -66,7 +69,7 @@ def run(args) -> int:
 
     config = GraphConfig(formats=args.formats, T=args.T, through=args.through, include_bos=args.include_bos,
                          explanations=not args.no_explanations, offline=args.offline, bank=args.bank,
-                         neuronpedia_url=args.neuronpedia_url,
+                         neuronpedia_url=args.neuronpedia_url, plotly_js=args.plotly_js,
                          evolution_plots=args.evolution_plots, name=args.name)
     if args.file and args.evolution and args.file != args.evolution:
         raise ValueError("name the evolution file once: as FILE or with --evolution")

@@ -154,10 +154,12 @@ def _expected(model: "HookedTransformer", bank: "SAEBank", kwargs: dict[str, Any
 
 def _difference(done: Evolution, token_ids: list[int], expected: dict[str, Any]) -> str | None:
     """The first thing in which the file ``done`` differs from this run's result, or ``None``."""
-    found = dict(
-        model=model_key(done.model_name), saes=done.metadata.get("saes"), k=done.k, layers=done.layers,
-        postnorm=done.postnorm,
-    )
+    saes = done.metadata.get("saes")
+    if isinstance(saes, dict) and isinstance(expected.get("saes"), dict):
+        # files written before TopK SAEs recorded their own k: architecture and width decide
+        saes = {L: ({**d, "k": expected["saes"][L]["k"]} if isinstance(d, dict) and "k" not in d
+                    and "k" in expected["saes"].get(L, {}) else d) for L, d in saes.items()}
+    found = dict(model=model_key(done.model_name), saes=saes, k=done.k, layers=done.layers, postnorm=done.postnorm)
     if done.token_ids != token_ids:
         return f"another prompt ({len(done.token_ids)} tokens: {_short(' '.join(done.tokens))!r})"
     for name, want in expected.items():

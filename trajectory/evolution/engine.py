@@ -222,7 +222,8 @@ def recorded_postnorm(model: "HookedTransformer", layers: Sequence[int], postnor
 
 def sae_summaries(bank: "SAEBank", layers: Sequence[int]) -> dict[str, dict[str, Any]]:
     """What an evolution file records about each layer's SAE (``metadata["saes"]``):
-    ``{str(L): {hook_name, architecture, d_sae, dtype, source, neuronpedia_id}}``."""
+    ``{str(L): {hook_name, architecture, d_sae, dtype, source, neuronpedia_id}}``, plus
+    ``k`` (at most k active features) for TopK SAEs."""
     out = {}
     for L in layers:
         sae = bank[L]
@@ -235,6 +236,8 @@ def sae_summaries(bank: "SAEBank", layers: Sequence[int]) -> dict[str, dict[str,
             source=getattr(entry, "source", None),
             neuronpedia_id=getattr(entry, "neuronpedia_id", None),
         )
+        if getattr(sae.cfg, "k", None) is not None:
+            out[str(L)]["k"] = int(sae.cfg.k)
     return out
 
 

@@ -27,7 +27,7 @@ _INVISIBLE = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
 #: fonts never used as fallbacks: "Last Resort" (shipped with matplotlib) maps every
 #: character to a placeholder box, and the TeX math fonts' character maps are not
 #: Unicode (their codes stand for other symbols)
-_SKIPPED_FONTS = re.compile(r"NOPE|cm[a-z]+10$|STIXSize|STIXNonUnicode")
+_SKIPPED_FONTS = re.compile(r"Last Resort|cm[a-z]+10$|STIXSize|STIXNonUnicode")
 
 
 def _charmap(path: str) -> frozenset[int] | None:

@@ -9,7 +9,8 @@ counts it).
 
 The steps: :func:`corpus_tokens` (corpus -> chunks), :func:`scan_corpus` (chunks ->
 running sums and top examples), :func:`feature_stats` (-> one :class:`FeatureStats`
-per feature, with logit effects from :mod:`trajectory.features.logits`), and
+per feature, with logit effects and the nearest decoder direction from
+:mod:`trajectory.features.logits`), and
 :meth:`FeatureReport.from_run`. :func:`hook_activations`, :func:`stop_layer` and
 :func:`resolve_hook` are how both analyses run the model up to an SAE's hook.
 """

@@ -1,9 +1,13 @@
 """Pictures of trajectory graphs and evolutions: static PNG (matplotlib) and
-self-contained interactive HTML (plotly, plotly.js inlined).
+interactive HTML (plotly) that opens offline.
 
 - :func:`render_png` / :func:`render_html`: a trajectory graph (``trajectory.graph``);
 - :func:`evolution_plot_png` / :func:`evolution_plot_html`: the rank of each feature
   across the steps of one (layer, prefix length), newcomers highlighted.
+
+HTML pages load plotly.js per their ``plotly_js`` argument (:mod:`trajectory.render.page`):
+``"directory"`` (default: one shared ``plotly.min.js`` beside the pages), ``"inline"``,
+``"cdn"``, or a path to a shared copy (pages in sub-folders).
 
 No torch here, and matplotlib / plotly load only when a function runs, so rendering
 saved graphs stays fast. Every text from tokens, corpora or the network is escaped in

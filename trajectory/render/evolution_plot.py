@@ -264,17 +264,23 @@ def _evolution_traces(lines: RankLines) -> list:
     S = lines.n + 2
     long_labels = [html_text(s) for s in lines.step_labels(lambda t: display_token(t, max_len=60))]
     new = set(lines.newcomers)
-    order = [i for i, f in enumerate(lines.features) if f not in new] + [lines.features.index(f) for f in lines.newcomers]
+    # grey lines first, so the newcomers are drawn on top
+    order = [i for i, f in enumerate(lines.features) if f not in new]
+    order += [lines.features.index(f) for f in lines.newcomers]
     traces = []
     for i in order:
         f = lines.features[i]
         ys = [None if math.isnan(r) else float(r) for r in lines.ranks[i]]
-        template = f"<b>feature {f}</b>{' (newcomer)' if f in new else ''}<br>%{{text}}<br>rank %{{y:d}} · act %{{customdata:.3g}}"
+        template = (f"<b>feature {f}</b>{' (newcomer)' if f in new else ''}<br>"
+                    "%{text}<br>rank %{y:d} · act %{customdata:.3g}")
         if f in lines.explanations:
-            template += "<br>" + "<br>".join(_template_text(html_text(t)) for t in wrap(lines.explanations[f], 70)[:3])
-        common = dict(x=list(range(S)), y=ys, mode="lines+markers", connectgaps=False, hovertemplate=template + "<extra></extra>",
+            template += "".join("<br>" + _template_text(html_text(t)) for t in wrap(lines.explanations[f], 70)[:3])
+        common = dict(x=list(range(S)), y=ys, mode="lines+markers", connectgaps=False,
+                      hovertemplate=template + "<extra></extra>",
                       text=[long_labels[s] if ys[s] is not None else "" for s in range(S)],
-                      customdata=[None if y is None else float(lines.activations[i, s]) for s, y in enumerate(ys)])
+                      # 4 significant digits: the hover shows 3, and the page stays small
+                      customdata=[None if y is None else float(f"{lines.activations[i, s]:.4g}")
+                                  for s, y in enumerate(ys)])
         if f in new:
             c = lines.newcomers.index(f)
             name = f"{f} → rank {int(lines.ranks[i, lines.final_step])}"

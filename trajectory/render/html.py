@@ -62,7 +62,8 @@ def _feature_lines(view: GraphView, feats: Iterable[Mapping[str, Any]], *, with_
     shown = feats if full else feats[:MAX_HOVER_FEATURES]
     lines = []
     for f in shown:
-        head = f"#{int(f.get('rank', 0))} feature {int(f.get('feature', -1))} · act {float(f.get('activation', 0.0)):.3g}"
+        head = (f"#{int(f.get('rank', 0))} feature {int(f.get('feature', -1))}"
+                f" · act {float(f.get('activation', 0.0)):.3g}")
         if with_source and f.get("source_token") is not None:
             head += f" · from key {int(f['source_token'])} {_tok(view, f['source_token'])}"
         if f.get("first_step") is not None:
@@ -153,11 +154,11 @@ def hover_points(view: GraphView) -> list[tuple[float, float, tuple[int, ...]]]:
     indices into ``view.edges()`` of the edges that have a point there, strongest first.
 
     Each edge gets points at equal fractions of its length, at least 9 (0.1, 0.2, ...,
-    0.9) and about :data:`HOVER_POINT_SPACING` pixels apart on screen, so it answers hover
-    anywhere along it. Where two edges have a point at the same place (crossing edges with coinciding
-    midpoints), that one point names both; every edge keeps its other points, so each
-    stays reachable. Points merely close to another edge are left alone: the cursor picks
-    the nearer one, which is the edge it is on.
+    0.9) and about :data:`HOVER_POINT_SPACING` pixels apart on screen, so it answers
+    hover anywhere along it. Where two edges have a point at the same place (crossing
+    edges with coinciding midpoints), that one point names both; every edge keeps its
+    other points, so each stays reachable. Points merely close to another edge are left
+    alone: the cursor picks the nearer one, which is the edge it is on.
     """
     at: dict[tuple[float, float], list[int]] = defaultdict(list)
     # pixels per token column and per layer row (axis ranges as in _layout, margins as there)
@@ -166,7 +167,7 @@ def hover_points(view: GraphView) -> list[tuple[float, float, tuple[int, ...]]]:
     for i, (u, v, _) in enumerate(view.edges()):
         (x0, y0), (x1, y1) = view.xy(u), view.xy(v)
         m = max(9, math.ceil(math.hypot((x1 - x0) * px_x, (y1 - y0) * px_y) / HOVER_POINT_SPACING))
-        m += 1 - m % 2  # odd: one point at the midpoint, where plotly users look for it
+        m += 1 - m % 2  # odd, so that one point sits at the midpoint
         for j in range(1, m + 1):
             f = j / (m + 1)
             # rounded to far below a pixel, so that float noise does not split one place in two
@@ -210,7 +211,8 @@ def _edge_traces(view: GraphView) -> list:
                    + _SEPARATOR.join(edge_hover(view, *edges[i], heading=True) for i in here))
         panel = _SEPARATOR.join(edge_hover(view, *edges[i], full=True) for i in here)
         traces.append(go.Scatter(
-            x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", showlegend=False,
+            # 1/10000 of a column or row is far below a pixel; fewer digits, a smaller page
+            x=[round(p[0], 4) for p in pts], y=[round(p[1], 4) for p in pts], mode="markers", showlegend=False,
             name="edge " + " + ".join(f"{edges[i][0]}→{edges[i][1]}" for i in here),
             # one text per trace, not per point: the page stays small with many points
             hovertext=tip, hoverinfo="text", meta=panel,
