@@ -64,7 +64,7 @@ def _training(args):
 
 
 def run(args) -> int:
-    from trajectory.pipeline import PreloadConfig, preload_bank
+    from trajectory.saes.preload import PreloadConfig, preload_bank
 
     config = PreloadConfig(
         preset=args.preset, layers=args.layers, dtype=args.dtype, device=args.device, force=args.force,
