@@ -50,11 +50,13 @@ class Preset:
             return None
         return self.neuronpedia_source_template.format(layer=layer)
 
-    def check_layer(self, layer: int) -> int:
+    def check_layer(self, layer: int, option: str = "--layers") -> int:
+        """``layer`` when the model has it; else a ``ValueError`` naming ``option`` (the CLI
+        option the layer came from) and the valid range."""
         if not 0 <= int(layer) < self.n_layers:
             raise ValueError(
                 f"layer {layer} is out of range for preset {self.name!r} "
-                f"({self.model_name} has layers 0-{self.n_layers - 1}); pass --layers within that range"
+                f"({self.model_name} has layers 0-{self.n_layers - 1}); pass {option} within that range"
             )
         return int(layer)
 

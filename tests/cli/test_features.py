@@ -59,6 +59,7 @@ def test_real_on_a_bank_layer_equals_the_library(tiny_preset, tiny_model, tiny_b
 
 def test_layer_out_of_range_and_missing_bank(tiny_preset, tmp_path, capsys):
     assert main(["real", "--layer", "99", "--features", "0", "--bank", str(tmp_path / "nope")]) == 1
-    assert "out of range" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "layer 99 is out of range" in err and "pass --layer within" in err
     assert main(["real", "--layer", "1", "--features", "0", "--bank", str(tmp_path / "nope")]) == 1
     assert "trajectory preload" in capsys.readouterr().err

@@ -41,7 +41,7 @@ def open_feature_sae(*, preset: str = "offline", layer: int | None = None, model
     p = get_preset(preset)
     device = device or default_device()
     if layer is not None and model is None:
-        p.check_layer(layer)
+        p.check_layer(layer, "--layer")
     if sae is None and layer is None:
         raise ValueError("pass --layer (which layer's SAE to analyse), or a single SAE with --sae")
     lm = load_model(model or p.name, device=device)
