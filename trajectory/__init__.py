@@ -29,6 +29,10 @@ _MODULES = {
     "newcomers": ("find_newcomers", "Newcomer"),
     "graph.build": ("trajectory_graph", "feature_graph"),
     "graph.export": ("export_graph", "read_graph"),
+    "interventions.intervention": ("Intervention",),
+    "interventions.hooks": ("steered",),
+    "interventions.steering": ("steer", "SteeringResult"),
+    "interventions.knockout": ("edge_effects",),
 }
 
 

@@ -208,6 +208,9 @@ class GraphConfig:
     evolution_plots: bool = False
     name: str = "graph"
     plotly_js: str = "directory"
+    causal: bool = False
+    min_kl: float | None = None
+    device: str | None = None
 
     def __post_init__(self) -> None:
         self.formats = parse_formats(self.formats)
@@ -279,6 +282,8 @@ def write_graph_outputs(evo: "Evolution", out: str | Path, config: GraphConfig |
     for folder in (out, out / "evolution"):
         clean_stale_temp_files(folder)
     g = trajectory_graph(evo, T=config.T, through=config.through, include_bos=config.include_bos)
+    if config.causal:
+        causal_edges(evo, g, bank=config.bank, device=config.device, min_kl=config.min_kl)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         texts = {}
@@ -302,6 +307,23 @@ def write_graph_outputs(evo: "Evolution", out: str | Path, config: GraphConfig |
     if config.evolution_plots:
         result.evolution_plots = _evolution_plots(evo, out / "evolution", config, texts)
     return result
+
+
+def causal_edges(evo: "Evolution", g, *, bank=None, device: str | None = None, min_kl: float | None = None):
+    """Annotate every edge of ``g`` with its knock-out and ablation effects
+    (:func:`trajectory.interventions.edge_effects`; loads the evolution's model and bank),
+    then drop the edges whose ``knockout_kl`` is below ``min_kl``. Returns ``g``."""
+    from trajectory.interventions.knockout import edge_effects
+    from trajectory.model.load import default_device, load_model
+
+    if not evo.preset:
+        raise ValueError("--causal needs the evolution's preset to load its model; this file records none")
+    folder = bank or (evo.metadata.get("bank") if isinstance(evo.metadata.get("bank"), str) else None)
+    saes = open_bank(evo.preset, folder, layers=evo.layers)
+    edge_effects(load_model(evo.preset, device=device or default_device()), saes, evo, g, progress=True)
+    if min_kl is not None:
+        g.remove_edges_from([(u, v) for u, v, d in g.edges(data=True) if d.get("knockout_kl", 0.0) < min_kl])
+    return g
 
 
 def _evolution_plots(evo: "Evolution", folder: Path, config: GraphConfig, texts) -> list[Path]:

@@ -111,3 +111,32 @@ def test_evolution_plots_get_the_full_prompt_and_the_options(tmp_path, monkeypat
                  "--through", through, "--out", str(tmp_path / "o")]) == 0
     assert sorted(calls) == sorted((kind, layer, evo.n_tokens, 4, through)
                                    for layer in evo.layers for kind in (".png", ".html"))
+
+
+def test_causal_edges_through_the_cli(tiny_preset, tiny_model, tiny_bank, tiny_bank_dir, tmp_path, capsys):
+    """--causal annotates every edge with the knock-out figures edge_effects computes; --min-kl prunes."""
+    from trajectory.evolution.engine import evolve
+    from trajectory.graph.export import read_graph
+    from trajectory.interventions.knockout import edge_effects
+    from trajectory.saes.bank import SAEBank
+
+    evo = evolve(tiny_model, SAEBank.open(tiny_bank_dir), "mark gave the flashlight to smith", k=16,
+                 preset="offline", progress=False)
+    path = evo.save(tmp_path / "evo.safetensors")
+    out = tmp_path / "g"
+    assert main(["graph", str(path), "--causal", "--top-rank", "6", "--no-explanations", "--formats", "json,html",
+                 "--no-evolution-plots", "--out", str(out)]) == 0
+    g = read_graph(out / "graph.json")
+    want = edge_effects(tiny_model, tiny_bank, evo, trajectory_graph(evo, T=6))
+    assert g.number_of_edges() == want.number_of_edges() > 0
+    for u, v, d in want.edges(data=True):
+        assert g.edges[u, v]["knockout_kl"] == pytest.approx(d["knockout_kl"], rel=1e-4, abs=1e-7)
+        assert g.edges[u, v]["newcomers_lost"] == d["newcomers_lost"]
+    assert "knock-out of this key" in (out / "graph.html").read_text(encoding="utf-8")
+    cut = sorted(d["knockout_kl"] for *_, d in want.edges(data=True))[len(want.edges) // 2]
+    assert main(["graph", str(path), "--causal", "--top-rank", "6", "--min-kl", str(cut), "--no-explanations",
+                 "--formats", "json", "--no-evolution-plots", "--out", str(tmp_path / "h")]) == 0
+    kept = read_graph(tmp_path / "h" / "graph.json")
+    assert set(kept.edges) == {(u, v) for u, v, d in want.edges(data=True) if d["knockout_kl"] >= cut}
+    assert main(["graph", str(path), "--min-kl", "0.1", "--out", str(tmp_path / "i")]) == 1
+    assert "--min-kl needs --causal" in capsys.readouterr().err

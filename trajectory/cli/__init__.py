@@ -22,7 +22,9 @@ SUBCOMMAND_MODULES = [
     "trajectory.cli.preload",
     "trajectory.cli.evolve",
     "trajectory.cli.graph",
+    "trajectory.cli.steer",
     "trajectory.cli.features",
+    "trajectory.cli.dashboard",
     "trajectory.cli.bench",
 ]
 

@@ -1,7 +1,9 @@
 """``trajectory bench evolve|real``: the benchmarks in ``benchmarks/`` of a source checkout.
 
 ``evolve``: the evolution engine versus the original loop and the naive floor, as ratios
-measured in one run; ``real``: the real-feature scan versus the bare forward pass. The
+measured in one run; ``real`` and ``dashboard``: the feature scan and the dashboard pass
+versus the bare forward pass; ``edge_effects``: the batched causal test of trajectory
+edges versus one forward pass per edge. The
 benchmark code and its references live outside the package (``benchmarks/``,
 ``tests/reference/``); this command finds them beside the installed sources.
 """
@@ -12,11 +14,11 @@ import importlib
 import sys
 from pathlib import Path
 
-TARGETS = ("evolve", "real")
+TARGETS = ("evolve", "real", "dashboard", "edge_effects")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks: evolve (engine vs original loop vs floor), real (scan vs forward)",
+    p = sub.add_parser("bench", help="benchmarks: evolve (engine vs original loop vs floor), real / dashboard (vs forward), edge_effects",
                        description=__doc__, add_help=True, allow_abbrev=False)
     p.add_argument("target", choices=TARGETS, help="what to benchmark")
     p.add_argument("options", nargs=argparse.REMAINDER,

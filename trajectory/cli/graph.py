@@ -32,7 +32,7 @@ def register(sub) -> None:
             "Find the newcomer features of every prefix and layer (features absent before attention that a "
             "key token's attention brought in and that end with rank <= T), trace them backwards from the "
             "prompt's last token into a NetworkX graph, attach explanations, export and render it. "
-            "No model is loaded."
+            "No model is loaded (except with --causal)."
         ),
     )
     p.add_argument("file", nargs="?", default=None, metavar="FILE",
@@ -57,6 +57,12 @@ def register(sub) -> None:
                    "<out>/evolution/ (default: on; --no-evolution-plots to skip)")
     options.add_out(p, "output folder (default: a 'graph' folder beside the evolution file)")
     p.add_argument("--name", default="graph", help="base name of the graph files (default: graph)")
+    c = p.add_argument_group("causal test of the edges (loads the model and the SAE bank)")
+    c.add_argument("--causal", action="store_true",
+                   help="knock out each edge's key token at its layer and ablate its newcomers; edges get "
+                   "knockout_kl, knockout_kl_query, knockout_logit_delta, newcomers_lost (hover and files)")
+    c.add_argument("--min-kl", type=float, default=None, help="with --causal: drop edges whose knockout_kl is below this")
+    options.add_device(c)
     p.add_argument("--plotly-js", choices=["directory", "inline", "cdn"], default="directory",
                    help="plotly.js for the HTML pages: one shared plotly.min.js in the output folder (default; "
                    "pages open offline), inside every page (self-contained single files), or from plotly's CDN")
@@ -70,6 +76,7 @@ def run(args) -> int:
     config = GraphConfig(formats=args.formats, T=args.T, through=args.through, include_bos=args.include_bos,
                          explanations=not args.no_explanations, offline=args.offline, bank=args.bank,
                          neuronpedia_url=args.neuronpedia_url, plotly_js=args.plotly_js,
+                         causal=args.causal, min_kl=args.min_kl, device=args.device,
                          evolution_plots=args.evolution_plots, name=args.name)
     if args.file and args.evolution and args.file != args.evolution:
         raise ValueError("name the evolution file once: as FILE or with --evolution")
@@ -77,6 +84,8 @@ def run(args) -> int:
     if not (args.file or args.evolution):
         print(f"using the newest evolution file: {path}", file=sys.stderr)
     out = args.out or default_graph_out(path)
+    if args.min_kl is not None and not args.causal:
+        raise ValueError("--min-kl needs --causal (the KL comes from the knock-outs)")
     if args.neuronpedia_url:
         from trajectory.explanations.neuronpedia import NeuronpediaClient
 

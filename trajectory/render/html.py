@@ -115,6 +115,11 @@ def edge_hover(view: GraphView, u, v, d: Mapping[str, Any], *, full: bool = Fals
         f"prefix length {int(d.get('prefix_length', q + 1))} · {trajectories_text(count)} (newcomer feature"
         f"{'' if count == 1 else 's'} carried) · best final rank {int(d.get('best_rank', 0))}",
     ]
+    if d.get("knockout_kl") is not None:  # annotated by trajectory.interventions.edge_effects
+        lines.append(f"knock-out of this key: KL {float(d['knockout_kl']):.3g} at the last token, "
+                     f"{float(d.get('knockout_kl_query') or 0):.3g} at the query; top-1 logit "
+                     f"{float(d.get('knockout_logit_delta') or 0):+.3g}; newcomers lost "
+                     f"{float(d.get('newcomers_lost') or 0):.0%}")
     if not heading:
         lines += _feature_lines(view, d.get("features") or [], with_source=False, full=full)
     return "<br>".join(lines)

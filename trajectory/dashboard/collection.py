@@ -1,0 +1,355 @@
+"""Dashboard collection: one streaming pass over a corpus for the SAEs of many layers.
+
+:func:`collect` tokenizes the corpus (:func:`trajectory.features.real_activations.corpus_tokens`),
+runs each batch of chunks through the model once — stopping after the last requested
+layer — and hands every SAE's activations of the requested features to a
+:class:`LayerScan`, which keeps, as tensors (no Python loop per feature per batch):
+
+- the top activations with their windows — the real analysis's own
+  :class:`~trajectory.features.real_activations.TopExamples` (one code path for top examples);
+- a uniform sample of the non-zero activations (random keys, a running top-``sample_size``
+  of the keys), from which each feature's quantile bands take their examples;
+- density, max and sum, and an exact histogram over fixed log-spaced bins
+  (:data:`HIST_EDGES`), so nothing grows with the corpus.
+
+After the pass, logit effects (:func:`trajectory.features.logits.logit_effects`) and the
+nearest features by decoder cosine are computed ``feature_chunk`` features at a time, so
+peak memory is ``feature_chunk x d_vocab`` (never ``d_sae x d_vocab``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+from trajectory.dashboard.data import Band, CardExample, FeatureCard, LayerDashboard, round_sig
+from trajectory.features.config import RealConfig
+from trajectory.features.logits import logit_effects, token_decoder
+from trajectory.features.real_activations import TopExamples, corpus_tokens, stop_layer
+from trajectory.features.report import sae_info
+from trajectory.features.spec import parse_features
+from trajectory.io import provenance
+from trajectory.saes.formats import check_sae_fits
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from sae_lens import SAE
+    from transformer_lens import HookedTransformer
+
+log = logging.getLogger(__name__)
+
+#: histogram bin edges: 20 log-spaced bins per decade from 1e-4 to 1e4 (bin ``i`` covers
+#: ``[HIST_EDGES[i], HIST_EDGES[i+1])``; smaller non-zero values count in bin 0, larger in the last)
+HIST_EDGES = [10 ** (-4 + i / 20) for i in range(161)]
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """Settings of :func:`collect`.
+
+    Attributes:
+        max_examples: top-activating windows per feature.
+        n_bands: quantile bands: equal-width intervals of ``(0, max]``.
+        band_examples: examples shown per band.
+        sample_size: non-zero activations sampled per feature (uniformly) to fill the bands.
+        batch_size / context_length / max_tokens / window / n_logits / final_norm /
+            include_bos: as in :class:`trajectory.features.RealConfig`.
+        n_neighbours: nearest features by decoder cosine listed per feature.
+        feature_chunk: features per step of the logit-effect and cosine computations.
+        seed: seeds the sample (same corpus and seed: same dashboard).
+    """
+
+    max_examples: int = 10
+    n_bands: int = 5
+    band_examples: int = 3
+    sample_size: int = 64
+    batch_size: int = 16
+    context_length: int = 128
+    max_tokens: int | None = None
+    window: tuple[int, int] = (12, 4)
+    n_logits: int = 10
+    n_neighbours: int = 5
+    final_norm: str = "weight"
+    include_bos: bool = False
+    feature_chunk: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "window", self.real().window)  # RealConfig checks the shared fields
+        for name in ("n_bands", "band_examples", "sample_size", "feature_chunk"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"DashboardConfig.{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not isinstance(self.n_neighbours, int) or self.n_neighbours < 0:
+            raise ValueError(f"DashboardConfig.n_neighbours must be an integer >= 0, got {self.n_neighbours!r}")
+
+    def real(self) -> RealConfig:
+        """The fields shared with the real analysis, as a (checked) :class:`RealConfig`."""
+        return RealConfig(max_examples=self.max_examples, batch_size=self.batch_size,
+                          context_length=self.context_length, max_tokens=self.max_tokens, window=self.window,
+                          n_logits=self.n_logits, final_norm=self.final_norm, include_bos=self.include_bos)
+
+
+@dataclass
+class DashboardTarget:
+    """One SAE to build a dashboard page for: its ``name`` (``"layer_06"``: the page and
+    JSON file names), the SAE, the hook it reads, its layer and any stored explanations."""
+
+    name: str
+    sae: "SAE"
+    hook: str
+    layer: int | None = None
+    explanations: dict[int, str] = field(default_factory=dict)
+
+
+class LayerScan:
+    """Running state of one SAE over the pass, for ``nf`` features (column ``j`` = the
+    ``j``-th requested feature).
+
+    Attributes:
+        n_tokens: counted tokens; n_active ``[nf]``; act_sum ``[nf]`` float64;
+        max ``[nf]`` (``-inf``: never active); hist ``[nf, len(HIST_EDGES) - 1]`` counts;
+        top: :class:`TopExamples`; sample: :class:`SampledWindows`.
+    """
+
+    def __init__(self, target: DashboardTarget, feats: list[int], cfg: DashboardConfig):
+        import torch
+
+        self.target, self.feats, nf = target, feats, len(feats)
+        self.index = torch.tensor(feats, dtype=torch.long, device=target.sae.W_enc.device)
+        self.n_tokens = 0
+        self.n_active = torch.zeros(nf, dtype=torch.long)
+        self.act_sum = torch.zeros(nf, dtype=torch.float64)
+        self.max = torch.full((nf,), float("-inf"))
+        self.inner_edges = torch.tensor(HIST_EDGES[1:-1])
+        self.hist = torch.zeros(nf, len(HIST_EDGES) - 1, dtype=torch.long)
+        self.top = TopExamples(nf, cfg.max_examples, cfg.window)
+        self.sample = SampledWindows(nf, cfg.sample_size, cfg.window)
+
+    def add(self, x: "torch.Tensor", mask: "torch.Tensor", batch: "torch.Tensor", start: int,
+            generator: "torch.Generator") -> None:
+        """Merge a batch: ``x [B, P, d_in]`` hook activations, ``mask [B, P]`` counted
+        positions, ``batch [B, P]`` token ids, ``start`` its first chunk's index."""
+        import torch
+
+        sae = self.target.sae
+        acts = sae.encode(x.to(sae.W_enc.device, sae.W_enc.dtype))  # [B, P, d_sae]
+        sel = acts.index_select(-1, self.index).float().cpu() * mask[..., None]  # [B, P, nf]
+        del acts
+        active = sel != 0
+        self.n_tokens += int(mask.sum())
+        self.n_active += active.sum((0, 1))
+        self.act_sum += sel.sum((0, 1), dtype=torch.float64)
+        self.max = torch.maximum(self.max, sel.masked_fill(~active, float("-inf")).amax((0, 1)))
+        _, _, f_i = active.nonzero(as_tuple=True)
+        bins = torch.bucketize(sel[active], self.inner_edges, right=True)  # [n_nonzero], same order as f_i
+        nb = self.hist.shape[1]
+        self.hist += torch.bincount(f_i * nb + bins, minlength=self.hist.numel()).view_as(self.hist)
+        self.top.add(sel, active, batch, start)
+        self.sample.add(sel, active, batch, start, torch.rand(sel.shape, generator=generator))
+
+
+class SampledWindows:
+    """A uniform sample of ``m`` non-zero activations per feature, with their windows:
+    every activation gets a random key and the ``m`` largest keys are kept (a reservoir).
+
+    Attributes (``W = before + 1 + after``): keys / chunk / position ``[m, nf]``
+    (``keys`` ``-inf``: no entry); ids / acts ``[m, nf, W]`` as in :class:`TopExamples`.
+    """
+
+    def __init__(self, nf: int, m: int, window: tuple[int, int]):
+        import torch
+
+        self.m, self.before = m, int(window[0])
+        self.offsets = torch.arange(-self.before, int(window[1]) + 1)
+        W = len(self.offsets)
+        self.keys = torch.empty(0, nf)
+        self.chunk = torch.empty(0, nf, dtype=torch.long)
+        self.position = torch.empty(0, nf, dtype=torch.long)
+        self.ids = torch.empty(0, nf, W, dtype=torch.long)
+        self.acts = torch.empty(0, nf, W)
+
+    def add(self, sel: "torch.Tensor", active: "torch.Tensor", batch: "torch.Tensor", start: int,
+            keys: "torch.Tensor") -> None:
+        """Merge a batch (as :meth:`TopExamples.add`), ``keys [B, P, nf]`` uniform in ``[0, 1)``."""
+        import torch
+
+        B, P, nf = sel.shape
+        k, flat = keys.masked_fill(~active, float("-inf")).reshape(B * P, nf).topk(min(self.m, B * P), dim=0)
+        cb, cp = flat // P, flat % P
+        pos = cp[..., None] + self.offsets  # [kk, nf, W]
+        inside = (pos >= 0) & (pos < P)
+        posc = pos.clamp(0, P - 1)
+        bb = cb[..., None].expand_as(posc)
+        ids = torch.where(inside, batch[bb, posc], torch.full_like(posc, -1))
+        acts = torch.where(inside, sel[bb, posc, torch.arange(nf)[None, :, None]], torch.zeros(()))
+        merged = [torch.cat(pair) for pair in ((self.keys, k), (self.chunk, cb + start), (self.position, cp),
+                                              (self.ids, ids), (self.acts, acts))]
+        if merged[0].shape[0] > self.m:
+            keep = merged[0].topk(self.m, dim=0).indices  # [m, nf]
+            merged = [t.gather(0, keep if t.ndim == 2 else keep[..., None].expand(-1, -1, t.shape[-1]))
+                      for t in merged]
+        self.keys, self.chunk, self.position, self.ids, self.acts = merged
+
+    def examples(self, j: int) -> list[CardExample]:
+        """Column ``j``'s sampled activations in key order (a random order)."""
+        out = []
+        for r in range(self.keys.shape[0]):
+            if math.isfinite(float(self.keys[r, j])):
+                out.append(_card_example(self.ids[r, j], self.acts[r, j], self.before, int(self.chunk[r, j]),
+                                         int(self.position[r, j])))
+        return out
+
+
+def collect(
+    model: "HookedTransformer",
+    targets: Sequence[DashboardTarget],
+    features: "str | Sequence[int] | None",
+    corpus: "str | Sequence[str] | torch.Tensor | None" = None,
+    *,
+    config: DashboardConfig | None = None,
+    progress: bool = True,
+) -> list[LayerDashboard]:
+    """Dashboards of ``features`` of every SAE in ``targets`` from one pass over ``corpus``.
+
+    Args:
+        model: the language model (TransformerLens).
+        targets: the SAEs (each reads its own hook of ``model``).
+        features: feature spec (``"0-2047"``) or indices, the same for every SAE
+            (checked against each SAE's ``d_sae`` before anything runs); ``None``: all.
+        corpus: see :func:`trajectory.features.real_activations.corpus_tokens`.
+        config: :class:`DashboardConfig` (default ``DashboardConfig()``).
+        progress: show a tqdm bar.
+
+    Returns:
+        One :class:`LayerDashboard` per target, in the order given.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    cfg = config or DashboardConfig()
+    if not targets:
+        raise ValueError("no SAE to build a dashboard for; pass at least one layer")
+    scans = []
+    for t in targets:
+        check_sae_fits(t.sae, model, t.hook, what=f"the SAE of {t.name}")
+        d_sae = int(t.sae.cfg.d_sae)
+        scans.append(LayerScan(t, list(range(d_sae)) if features is None else parse_features(features, d_sae=d_sae), cfg))
+    corpus_name, tokens = corpus_tokens(model, corpus, context_length=cfg.context_length, max_tokens=cfg.max_tokens)
+    n_chunks, P = tokens.shape
+    bos = model.tokenizer.bos_token_id if model.tokenizer is not None else None
+    generator = torch.Generator().manual_seed(cfg.seed)
+    bar = tqdm(total=n_chunks * P, desc="dashboard", unit="tok", unit_scale=True, disable=not progress)
+    with torch.no_grad():
+        for start in range(0, n_chunks, cfg.batch_size):
+            batch = tokens[start : start + cfg.batch_size]
+            mask = torch.ones(batch.shape, dtype=torch.bool) if (cfg.include_bos or bos is None) else batch != bos
+            acts = hook_batch(model, batch.to(model.cfg.device), [t.hook for t in targets])
+            for scan in scans:
+                scan.add(acts[scan.target.hook], mask, batch, start, generator)
+            del acts
+            bar.update(batch.numel())
+    bar.close()
+    settings = {**asdict(cfg), "context_length": int(P), "window": list(cfg.window)}
+    return [_layer_dashboard(model, scan, cfg, corpus_name, settings) for scan in scans]
+
+
+def hook_batch(model: "HookedTransformer", tokens: "torch.Tensor", hooks: Sequence[str]) -> dict[str, "torch.Tensor"]:
+    """``{hook: [batch, pos, width]}`` for several hooks from one forward pass that stops
+    after the last of them (:func:`~trajectory.features.real_activations.stop_layer`)."""
+    seen: dict[str, Any] = {}
+
+    def grab(act, hook):
+        seen[hook.name] = act
+        return act
+
+    stops = [stop_layer(h) for h in hooks]
+    stop = None if any(s is None for s in stops) else max(stops)
+    model.run_with_hooks(tokens, stop_at_layer=stop, fwd_hooks=[(h, grab) for h in dict.fromkeys(hooks)],
+                         return_type=None)
+    missing = [h for h in hooks if h not in seen]
+    if missing:
+        raise ValueError(f"hook(s) {missing} did not fire on a forward pass of {model.cfg.model_name}")
+    return seen
+
+
+def decoder_neighbours_topk(sae: "SAE", features: Sequence[int], n: int, chunk: int = 256
+                            ) -> list[list[tuple[int, float]]]:
+    """Per feature, the ``n`` other features whose decoder rows have the largest cosine
+    with its own, ``(index, cosine)`` best first; ``chunk`` features at a time
+    (``[chunk, d_sae]`` cosines in memory)."""
+    import torch
+
+    d_sae = int(sae.cfg.d_sae)
+    n = min(n, d_sae - 1)
+    if n <= 0:
+        return [[] for _ in features]
+    out: list[list[tuple[int, float]]] = []
+    with torch.no_grad():
+        W = sae.W_dec.detach().float()
+        W = W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [d_sae, d_in], unit rows
+        for s in range(0, len(features), chunk):
+            rows = torch.tensor([int(f) for f in features[s : s + chunk]], device=W.device)
+            cos = W[rows] @ W.T  # [chunk, d_sae]
+            cos[torch.arange(len(rows), device=W.device), rows] = float("-inf")  # not itself
+            v, i = cos.topk(n, dim=-1)
+            out += [[(int(a), round_sig(float(b))) for a, b in zip(ii, vv)] for ii, vv in zip(i.cpu(), v.cpu())]
+    return out
+
+
+def _card_example(ids: "torch.Tensor", acts: "torch.Tensor", before: int, chunk: int, position: int) -> CardExample:
+    """A window (``ids [W]``, -1 outside the chunk; ``acts [W]``) as a card example."""
+    keep = ids >= 0
+    peak = int(keep[:before].sum())  # tokens kept before the peak
+    values = [round_sig(float(a)) for a in acts[keep]]
+    return CardExample(token_ids=[int(i) for i in ids[keep]], activations=values, peak=peak,
+                       activation=values[peak], chunk=chunk, position=position)
+
+
+def _bands(sample: list[CardExample], top: float, cfg: DashboardConfig) -> list[Band]:
+    """Equal-width bands of ``(0, top]`` with up to ``band_examples`` sampled examples each."""
+    edges = [top * b / cfg.n_bands for b in range(cfg.n_bands + 1)]
+    bands = [Band(low=round_sig(edges[b]), high=round_sig(edges[b + 1]), examples=[]) for b in range(cfg.n_bands)]
+    for ex in sample:
+        b = min(max(math.ceil(ex.activation / top * cfg.n_bands) - 1, 0), cfg.n_bands - 1) if top > 0 else 0
+        if len(bands[b].examples) < cfg.band_examples:
+            bands[b].examples.append(ex)
+    return bands
+
+
+def _layer_dashboard(model: "HookedTransformer", scan: LayerScan, cfg: DashboardConfig, corpus: str,
+                     settings: dict[str, Any]) -> LayerDashboard:
+    """The :class:`LayerDashboard` of a finished scan (logit effects and neighbours in chunks)."""
+    t, feats, n_tok = scan.target, scan.feats, max(scan.n_tokens, 1)
+    effects: dict[int, Any] = {}
+    for s in range(0, len(feats), cfg.feature_chunk):
+        effects.update(logit_effects(model, t.sae, feats[s : s + cfg.feature_chunk], k=cfg.n_logits,
+                                     final_norm=cfg.final_norm))
+    neighbours = decoder_neighbours_topk(t.sae, feats, cfg.n_neighbours, cfg.feature_chunk)
+    cards = []
+    for j, f in enumerate(feats):
+        na, top = int(scan.n_active[j]), float(scan.max[j]) if scan.n_active[j] else 0.0
+        counts = scan.hist[j].tolist()
+        first = next((i for i, c in enumerate(counts) if c), 0)
+        last = max((i for i, c in enumerate(counts) if c), default=-1)
+        examples = [_card_example(scan.top.ids[r, j], scan.top.acts[r, j], scan.top.before, int(scan.top.chunk[r, j]),
+                                  int(scan.top.position[r, j]))
+                    for r in range(scan.top.values.shape[0]) if math.isfinite(float(scan.top.values[r, j]))]
+        examples.sort(key=lambda e: (-e.activation, e.chunk, e.position))
+        cards.append(FeatureCard(
+            feature=f, explanation=t.explanations.get(f), density=round_sig(na / n_tok), n_active=na,
+            max_activation=round_sig(top), mean_activation=round_sig(float(scan.act_sum[j]) / n_tok),
+            mean_active=round_sig(float(scan.act_sum[j]) / na) if na else 0.0,
+            hist_start=first, histogram=counts[first : last + 1], examples=examples,
+            bands=_bands(scan.sample.examples(j), top, cfg),
+            top_logits=[(s, round_sig(v)) for s, v in effects[f][0]],
+            bottom_logits=[(s, round_sig(v)) for s, v in effects[f][1]],
+            neighbours=neighbours[j],
+        ))
+    decode = token_decoder(model)
+    used = sorted({i for c in cards for e in c.all_examples() for i in e.token_ids})
+    return LayerDashboard(
+        name=t.name, layer=t.layer, hook_name=t.hook, model_name=str(model.cfg.model_name), sae=sae_info(t.sae),
+        corpus=corpus, n_tokens=scan.n_tokens, **provenance(settings), hist_edges=[round_sig(e) for e in HIST_EDGES],
+        tokens={i: decode(i) for i in used}, features=cards,
+    )

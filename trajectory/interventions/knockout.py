@@ -1,0 +1,205 @@
+"""A causal test of every trajectory edge: :func:`edge_effects`.
+
+An edge ``(t, L-1) → (q, L)`` says "layer L's attention from key ``t`` brought newcomer
+features to query ``q``". Two interventions test it, each against the clean run:
+
+**Key knock-out.** Layer L's attention for query ``q`` is computed without key ``t``:
+``pattern[h, q, t] = 0`` for every head ``h`` (no renormalisation), then on through the
+post-attention norm as the model does, and the rest of the model runs on. Edge
+attributes added:
+
+====================  ===================================================================
+knockout_kl           ``float``: KL(clean ‖ knocked-out) of the next-token distribution at
+                      the prompt's last position
+knockout_kl_query     ``float``: the same at position ``q``
+knockout_logit_delta  ``float``: knocked-out minus clean logit of the clean top-1 next token
+                      at the last position
+newcomers_lost        ``float``: fraction of the edge's ``features`` no longer within rank
+                      ``T`` (active, top-T) at (q, L) at the graph's final step — the
+                      residual stream after attention (``resid_mid``, ``through="attention"``)
+                      or after the MLP (``resid_post``, ``through="mlp"``) — encoded with
+                      layer L's SAE
+====================  ===================================================================
+
+**Feature ablation.** Each newcomer feature ``f`` of the edge clamped to 0 at (q, L) at
+the bank's hook (``x − a_f · W_dec[f]``, the SAE's reconstruction error kept): every
+entry of the edge's ``features`` list gets ``ablation_kl`` (KL at the last position).
+
+``g.graph["causal"]`` records ``{position, top_id, top_token}`` (the last position and
+the clean top-1 next token).
+
+Batched: the clean run caches every ``resid_pre``; the knock-outs (and ablations) of one
+layer run as a batch from that layer on (``start_at_layer``), and only the two needed
+positions go through the unembedding.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Callable
+
+from trajectory.hooks import attn_hook, resid_mid, resid_post, resid_pre
+from trajectory.interventions.hooks import decoder_row, latents
+
+if TYPE_CHECKING:  # pragma: no cover
+    import networkx as nx
+    import torch
+    from transformer_lens import HookedTransformer
+
+    from trajectory.evolution.result import Evolution
+    from trajectory.saes.bank import SAEBank
+
+log = logging.getLogger(__name__)
+
+#: Runs per batch when ``batch_size`` is not given.
+DEFAULT_BATCH_SIZE = 32
+
+
+def edge_effects(
+    model: "HookedTransformer",
+    bank: "SAEBank",
+    evo: "Evolution",
+    g: "nx.DiGraph",
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    ablations: bool = True,
+    progress: bool = False,
+) -> "nx.DiGraph":
+    """Annotate every edge of the trajectory graph ``g`` (built from ``evo``) in place.
+
+    Args:
+        model: the model the evolution ran.
+        bank: its SAE bank (the layers of ``g``'s edges).
+        evo: the :class:`~trajectory.evolution.Evolution` behind ``g`` (for the token ids).
+        g: a graph of :func:`~trajectory.graph.build.trajectory_graph`.
+        batch_size: forward runs per batch.
+        ablations: also ablate each newcomer feature (``ablation_kl``).
+        progress: progress bar over layers.
+
+    Returns:
+        ``g``, with the attributes of the module docstring.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if g.graph.get("kind") != "trajectory":
+        raise ValueError("edge_effects needs a trajectory graph (trajectory_graph(evo, ...)); got kind="
+                         f"{g.graph.get('kind')!r}")
+    if list(g.graph.get("tokens", evo.tokens)) != list(evo.tokens):
+        raise ValueError("the graph was built from another prompt than this evolution; pass the evolution it came from")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    by_layer: dict[int, list] = {}
+    for u, v, data in g.edges(data=True):
+        by_layer.setdefault(int(data["layer"]), []).append(data)
+    missing = sorted(set(by_layer) - set(bank.layers))
+    if missing:
+        raise ValueError(f"the graph has edges at layer(s) {missing}, which the SAE bank lacks (it has "
+                         f"{list(bank.layers)}); open the bank the evolution used")
+    ids = torch.tensor(evo.token_ids, dtype=torch.long, device=model.cfg.device)[None]
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(ids, names_filter=[resid_pre(L) for L in by_layer])
+    last = ids.shape[1] - 1
+    clean = torch.log_softmax(logits[0].float(), dim=-1)
+    top = int(logits[0, last].argmax())
+    ctx = dict(clean=clean, clean_logit=float(logits[0, last, top]), top=top, last=last,
+               T=int(g.graph["T"]), through=g.graph.get("through", "attention"), batch_size=int(batch_size))
+    for L in tqdm(sorted(by_layer), desc="edge effects", disable=not progress, unit="layer"):
+        x0 = cache[resid_pre(L)]
+        _knockouts(model, bank, L, x0, by_layer[L], ctx)
+        if ablations:
+            _ablations(model, bank, L, x0, by_layer[L], ctx)
+    token = model.tokenizer.decode([top]) if model.tokenizer is not None else str(top)
+    g.graph["causal"] = dict(position=last, top_id=top, top_token=token)
+    log.info("edge effects: %d edges over %d layer(s)", g.number_of_edges(), len(by_layer))
+    return g
+
+
+def _knockouts(model, bank, L: int, x0: "torch.Tensor", edges: list[dict], ctx: dict) -> None:
+    """Key knock-outs of the edges of layer ``L`` (batched), written onto the edge dicts."""
+    import torch
+
+    sae, step_hook = bank[L], (resid_mid(L) if ctx["through"] == "attention" else resid_post(L))
+    for chunk in _chunks(edges, ctx["batch_size"]):
+        B = len(chunk)
+        b = torch.arange(B, device=x0.device)
+        q = torch.tensor([e["target_token"] for e in chunk], device=x0.device)
+        t = torch.tensor([e["source_token"] for e in chunk], device=x0.device)
+        kept = {}
+
+        def knock_out(pattern, hook):  # [B, head, q, k]
+            pattern[b, :, q, t] = 0.0
+            return pattern
+
+        def keep_step(x, hook):  # the final step's vector at (q, L)
+            kept["x"] = x[b, q].detach().clone()
+
+        hooks = [(attn_hook(L, "pattern"), knock_out), (step_hook, keep_step)]
+        lp, top_logit = _run_from(model, x0.expand(B, -1, -1), L, hooks, q, ctx)
+        kl_last = _kl(ctx["clean"][ctx["last"]], lp[:, 0])
+        kl_query = _kl(ctx["clean"][q], lp[:, 1])
+        delta = top_logit - ctx["clean_logit"]
+        with torch.no_grad():
+            acts = latents(sae, kept["x"])  # [B, d_sae]
+            vals, idx = torch.topk(acts, min(ctx["T"], acts.shape[-1]), dim=-1)
+        for i, e in enumerate(chunk):
+            within = set(idx[i][vals[i] > 0].tolist())
+            feats = [f["feature"] for f in e["features"]]
+            e["knockout_kl"] = float(kl_last[i])
+            e["knockout_kl_query"] = float(kl_query[i])
+            e["knockout_logit_delta"] = float(delta[i])
+            e["newcomers_lost"] = sum(f not in within for f in feats) / max(len(feats), 1)
+
+
+def _ablations(model, bank, L: int, x0: "torch.Tensor", edges: list[dict], ctx: dict) -> None:
+    """Each newcomer feature of each edge clamped to 0 at (q, L) at the bank's hook (batched)."""
+    import torch
+
+    sae = bank[L]
+    items = [(e, f) for e in edges for f in e["features"]]
+    for chunk in _chunks(items, ctx["batch_size"]):
+        B = len(chunk)
+        b = torch.arange(B, device=x0.device)
+        q = torch.tensor([e["target_token"] for e, _ in chunk], device=x0.device)
+        feats = [int(f["feature"]) for _, f in chunk]
+
+        def ablate(x, hook):  # x [B, pos, d_in]; remove a_f · W_dec[f] at (b, q_b)
+            a = latents(sae, x[b, q])[b, torch.tensor(feats, device=x.device)]  # [B]
+            rows = torch.stack([decoder_row(sae, f, x) for f in feats])  # [B, d_in]
+            x = x.clone()
+            x[b, q] -= a[:, None] * rows
+            return x
+
+        lp, _ = _run_from(model, x0.expand(B, -1, -1), L, [(bank.hook_name(L), ablate)], q, ctx)
+        kl_last = _kl(ctx["clean"][ctx["last"]], lp[:, 0])
+        for i, (_, f) in enumerate(chunk):
+            f["ablation_kl"] = float(kl_last[i])
+
+
+def _run_from(model, x: "torch.Tensor", L: int, hooks: list[tuple[str, Callable]], q: "torch.Tensor", ctx: dict):
+    """Run blocks ``L..`` on ``x [B, pos, d_model]`` with ``hooks``; return the log-probs
+    ``[B, 2, d_vocab]`` at the last position and at ``q``, and ``[B]`` the logit of the
+    clean top-1 token at the last position."""
+    import torch
+    from transformer_lens.utilities import apply_softcap
+
+    B = x.shape[0]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        final = model(x.clone(), start_at_layer=L, stop_at_layer=model.cfg.n_layers)  # before ln_final
+    b = torch.arange(B, device=final.device)
+    picked = torch.stack([final[:, ctx["last"]], final[b, q.to(final.device)]], dim=1)  # [B, 2, d_model]
+    if model.cfg.normalization_type is not None:
+        picked = model.ln_final(picked)  # per position, as the full forward does
+    with torch.no_grad():
+        logits = apply_softcap(model.unembed(picked), model.cfg.output_logits_soft_cap).float()
+    return torch.log_softmax(logits, dim=-1).cpu(), logits[:, 0, ctx["top"]].cpu()
+
+
+def _kl(clean: "torch.Tensor", other: "torch.Tensor") -> "torch.Tensor":
+    """``KL(clean ‖ other)`` of log-prob rows (``clean`` ``[V]`` or ``[B, V]``, ``other`` ``[B, V]``)."""
+    clean = clean.cpu()
+    return (clean.exp() * (clean - other)).sum(-1).clamp_min(0.0)
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
