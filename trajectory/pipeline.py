@@ -210,6 +210,7 @@ class GraphConfig:
     plotly_js: str = "directory"
     causal: bool = False
     min_kl: float | None = None
+    edge_width: str = "trajectories"
     device: str | None = None
 
     def __post_init__(self) -> None:
@@ -284,6 +285,10 @@ def write_graph_outputs(evo: "Evolution", out: str | Path, config: GraphConfig |
     g = trajectory_graph(evo, T=config.T, through=config.through, include_bos=config.include_bos)
     if config.causal:
         causal_edges(evo, g, bank=config.bank, device=config.device, min_kl=config.min_kl)
+    if config.edge_width != "trajectories":
+        if config.edge_width != "knockout_kl" or not config.causal:
+            raise ValueError(f"edge width {config.edge_width!r}: use 'trajectories', or 'knockout_kl' with --causal")
+        g.graph["edge_width"] = "knockout_kl"  # read by the renderers
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         texts = {}

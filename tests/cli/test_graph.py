@@ -125,14 +125,15 @@ def test_causal_edges_through_the_cli(tiny_preset, tiny_model, tiny_bank, tiny_b
     path = evo.save(tmp_path / "evo.safetensors")
     out = tmp_path / "g"
     assert main(["graph", str(path), "--causal", "--top-rank", "6", "--no-explanations", "--formats", "json,html",
-                 "--no-evolution-plots", "--out", str(out)]) == 0
+                 "--edge-width", "knockout_kl", "--no-evolution-plots", "--out", str(out)]) == 0
     g = read_graph(out / "graph.json")
     want = edge_effects(tiny_model, tiny_bank, evo, trajectory_graph(evo, T=6))
     assert g.number_of_edges() == want.number_of_edges() > 0
     for u, v, d in want.edges(data=True):
         assert g.edges[u, v]["knockout_kl"] == pytest.approx(d["knockout_kl"], rel=1e-4, abs=1e-7)
         assert g.edges[u, v]["newcomers_lost"] == d["newcomers_lost"]
-    assert "knock-out of this key" in (out / "graph.html").read_text(encoding="utf-8")
+    page = (out / "graph.html").read_text(encoding="utf-8")
+    assert "knock-out of this key" in page and "edge width = knockout KL" in page
     cut = sorted(d["knockout_kl"] for *_, d in want.edges(data=True))[len(want.edges) // 2]
     assert main(["graph", str(path), "--causal", "--top-rank", "6", "--min-kl", str(cut), "--no-explanations",
                  "--formats", "json", "--no-evolution-plots", "--out", str(tmp_path / "h")]) == 0
@@ -140,3 +141,20 @@ def test_causal_edges_through_the_cli(tiny_preset, tiny_model, tiny_bank, tiny_b
     assert set(kept.edges) == {(u, v) for u, v, d in want.edges(data=True) if d["knockout_kl"] >= cut}
     assert main(["graph", str(path), "--min-kl", "0.1", "--out", str(tmp_path / "i")]) == 1
     assert "--min-kl needs --causal" in capsys.readouterr().err
+
+
+def test_knockout_widths_follow_the_kl():
+    """With edge_width = knockout_kl the drawn widths are proportional to each edge's KL."""
+    import networkx as nx
+
+    from trajectory.render.html import build_figure, edge_width
+
+    g = nx.DiGraph(tokens=["<bos>", "a", "b", "c"], layers=[0, 1], T=5, edge_width="knockout_kl")
+    for (t, q, kl) in [(1, 2, 0.5), (2, 3, 0.05), (1, 3, 0.0)]:
+        g.add_edge((t, 0), (q, 1), layer=1, source_token=t, target_token=q, prefix_length=q + 1, num_trajectories=1,
+                   best_rank=2, features=[], knockout_kl=kl)
+    for n in g.nodes:
+        g.nodes[n].update(token_index=n[0], layer=n[1], newcomers=[], n_newcomers=0)
+    widths = sorted(round(t.line.width, 6) for t in build_figure(g).data
+                    if t.mode == "lines" and t.x and t.x[0] is not None)
+    assert widths == sorted(round(edge_width(kl, 0.5), 6) for kl in (0.5, 0.05, 0.0))

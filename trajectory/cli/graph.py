@@ -62,6 +62,9 @@ def register(sub) -> None:
                    help="knock out each edge's key token at its layer and ablate its newcomers; edges get "
                    "knockout_kl, knockout_kl_query, knockout_logit_delta, newcomers_lost (hover and files)")
     c.add_argument("--min-kl", type=float, default=None, help="with --causal: drop edges whose knockout_kl is below this")
+    c.add_argument("--edge-width", choices=["trajectories", "knockout_kl"], default="trajectories",
+                   help="what edge width shows in the pictures: trajectories (default) or, with --causal, "
+                   "each edge's knockout_kl")
     options.add_device(c)
     p.add_argument("--plotly-js", choices=["directory", "inline", "cdn"], default="directory",
                    help="plotly.js for the HTML pages: one shared plotly.min.js in the output folder (default; "
@@ -76,7 +79,7 @@ def run(args) -> int:
     config = GraphConfig(formats=args.formats, T=args.T, through=args.through, include_bos=args.include_bos,
                          explanations=not args.no_explanations, offline=args.offline, bank=args.bank,
                          neuronpedia_url=args.neuronpedia_url, plotly_js=args.plotly_js,
-                         causal=args.causal, min_kl=args.min_kl, device=args.device,
+                         causal=args.causal, min_kl=args.min_kl, device=args.device, edge_width=args.edge_width,
                          evolution_plots=args.evolution_plots, name=args.name)
     if args.file and args.evolution and args.file != args.evolution:
         raise ValueError("name the evolution file once: as FILE or with --evolution")

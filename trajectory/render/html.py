@@ -144,8 +144,9 @@ def build_figure(g, *, title: str | None = None):
     return fig
 
 
-def edge_width(count: int, cmax: int) -> float:
-    """Line width (px) of an edge carrying ``count`` trajectories; ``cmax`` is the graph's most."""
+def edge_width(count: float, cmax: float) -> float:
+    """Line width (px) of an edge whose width quantity is ``count`` (trajectories, or its
+    knock-out KL); ``cmax`` is the graph's largest."""
     return 1.0 + 5.0 * count / max(cmax, 1)
 
 
@@ -186,12 +187,12 @@ def _edge_traces(view: GraphView) -> list:
     along the edge, its tooltip and its click text; and the rank colour bar."""
     import plotly.graph_objects as go
 
-    top, cmax = view.rank_max(), view.count_max()
+    top, cmax = view.rank_max(), view.width_max()
     edges = view.edges()
     traces: list = []
-    groups: dict[tuple[int, int], list] = defaultdict(list)
+    groups: dict[tuple[int, float], list] = defaultdict(list)
     for u, v, d in edges:
-        groups[(int(d.get("best_rank", 1) or 1), int(d.get("num_trajectories", 1) or 1))].append((u, v))
+        groups[(int(d.get("best_rank", 1) or 1), float(f"{view.width_value(d):.3g}"))].append((u, v))
     for (rank, count), pairs in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
         xs, ys = [], []
         for u, v in pairs:
@@ -201,7 +202,8 @@ def _edge_traces(view: GraphView) -> list:
         traces.append(go.Scatter(
             x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
             line=dict(color=rank_colour(rank, top), width=edge_width(count, cmax)), opacity=0.8,
-            name=f"rank {rank}, {trajectories_text(count)}",
+            name=f"rank {rank}, " + (trajectories_text(int(count)) if view.width_by == "trajectories"
+                                     else f"KL {count:.3g}"),
         ))
     if not edges:
         return traces
@@ -258,11 +260,11 @@ def _legend_traces(view: GraphView) -> list:
     import plotly.graph_objects as go
 
     traces = []
-    cmax = view.count_max()
-    width_title = "edge width = trajectories<br>(a trajectory: one newcomer<br>feature the edge carried)"
-    for c in sorted({1, max(1, cmax // 2), cmax}) if view.edges() else []:
+    cmax = view.width_max()
+    width_title = view.width_title("<br>")
+    for c, label in view.width_legend() if view.edges() else []:
         traces.append(go.Scatter(
-            x=[None], y=[None], mode="lines", name=trajectories_text(c), legendgroup="width",
+            x=[None], y=[None], mode="lines", name=label, legendgroup="width",
             legendgrouptitle=dict(text=width_title), line=dict(color="#555555", width=edge_width(c, cmax)),
         ))
     node_title = "node size = newcomer features<br>arriving there"

@@ -20,7 +20,6 @@ from trajectory.render.style import (
     prompt_text,
     rank_colour_stops,
     rank_ticks,
-    trajectories_text,
     wrap,
 )
 
@@ -164,24 +163,23 @@ def _draw_edges(fig, ax, view: GraphView) -> None:
 
     cmap = LinearSegmentedColormap.from_list("rank", rank_colour_stops())
     norm = Normalize(vmin=1, vmax=view.rank_max())
-    cmax = view.count_max()
+    wmax = view.width_max()
     segs, colours, widths = [], [], []
     for u, v, d in view.edges():
         segs.append([view.xy(u), view.xy(v)])
         colours.append(cmap(norm(int(d.get("best_rank", 1) or 1))))
-        widths.append(0.8 + 4.2 * int(d.get("num_trajectories", 1) or 1) / cmax)
+        widths.append(0.8 + 4.2 * view.width_value(d) / wmax)
     ax.add_collection(LineCollection(segs, colors=colours, linewidths=widths, alpha=0.85, zorder=2, capstyle="round"))
     sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
     cbar = fig.colorbar(sm, ax=ax, pad=0.01, fraction=0.03 if len(view.columns) > 20 else 0.05)
     cbar.set_ticks(rank_ticks(view.rank_max()))
     cbar.set_label("best final rank (1 = strongest)")
     cbar.ax.invert_yaxis()  # rank 1 (red) at the top
-    counts = sorted({1, max(1, cmax // 2), cmax})
-    handles = [Line2D([], [], color="#555555", lw=0.8 + 4.2 * c / cmax) for c in counts]
-    fig.legend(handles, [trajectories_text(c) for c in counts],
-               loc="outside upper right", ncols=len(counts), fontsize=8, frameon=False,
-               title="edge width = trajectories (a trajectory: one newcomer feature the edge carried)",
-               title_fontsize=8)
+    legend = view.width_legend()
+    handles = [Line2D([], [], color="#555555", lw=0.8 + 4.2 * c / wmax) for c, _ in legend]
+    fig.legend(handles, [label for _, label in legend],
+               loc="outside upper right", ncols=len(legend), fontsize=8, frameon=False,
+               title=view.width_title(), title_fontsize=8)
 
 
 def _node_area(n_newcomers: int) -> float:

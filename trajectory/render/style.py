@@ -169,6 +169,34 @@ class GraphView:
     def count_max(self) -> int:
         return max((int(d.get("num_trajectories", 1) or 1) for _, _, d in self.g.edges(data=True)), default=1)
 
+    # What edge width shows: the graph attribute ``edge_width`` — "trajectories" (default)
+    # or "knockout_kl" (edges annotated by trajectory.interventions.edge_effects).
+    @property
+    def width_by(self) -> str:
+        return "knockout_kl" if self.g.graph.get("edge_width") == "knockout_kl" else "trajectories"
+
+    def width_value(self, d) -> float:
+        """The quantity an edge's width shows (``num_trajectories``, or its ``knockout_kl``)."""
+        if self.width_by == "knockout_kl":
+            return float(d.get("knockout_kl") or 0.0)
+        return float(int(d.get("num_trajectories", 1) or 1))
+
+    def width_max(self) -> float:
+        values = [self.width_value(d) for _, _, d in self.g.edges(data=True)]
+        return max(values + [1e-12 if self.width_by == "knockout_kl" else 1.0])
+
+    def width_legend(self) -> list[tuple[float, str]]:
+        """``(value, label)`` of the widths the legend shows."""
+        top = self.width_max()
+        if self.width_by == "knockout_kl":
+            return [(v, f"KL {v:.2g}") for v in sorted({top / 10, top / 2, top})]
+        return [(c, trajectories_text(int(c))) for c in sorted({1, max(1, int(top) // 2), int(top)})]
+
+    def width_title(self, sep: str = " ") -> str:
+        if self.width_by == "knockout_kl":
+            return f"edge width = knockout KL:{sep}how much cutting the key's{sep}attention moves the next token"
+        return f"edge width = trajectories{sep}(a trajectory: one newcomer{sep}feature the edge carried)"
+
     def subtitle(self) -> str:
         """``model (preset) · T=.. · through ..`` (raw text; escape it for HTML)."""
         parts = []
