@@ -149,53 +149,21 @@ class LayerScan:
         self.sample.add(sel, active, batch, start, torch.rand(sel.shape, generator=generator))
 
 
-class SampledWindows:
+class SampledWindows(TopExamples):
     """A uniform sample of ``m`` non-zero activations per feature, with their windows:
     every activation gets a random key and the ``m`` largest keys are kept (a reservoir).
-
-    Attributes (``W = before + 1 + after``): keys / chunk / position ``[m, nf]``
-    (``keys`` ``-inf``: no entry); ids / acts ``[m, nf, W]`` as in :class:`TopExamples`.
-    """
-
-    def __init__(self, nf: int, m: int, window: tuple[int, int]):
-        import torch
-
-        self.m, self.before = m, int(window[0])
-        self.offsets = torch.arange(-self.before, int(window[1]) + 1)
-        W = len(self.offsets)
-        self.keys = torch.empty(0, nf)
-        self.chunk = torch.empty(0, nf, dtype=torch.long)
-        self.position = torch.empty(0, nf, dtype=torch.long)
-        self.ids = torch.empty(0, nf, W, dtype=torch.long)
-        self.acts = torch.empty(0, nf, W)
+    A :class:`TopExamples` ranked by the keys (``values`` holds the keys, ``-inf``: no entry)."""
 
     def add(self, sel: "torch.Tensor", active: "torch.Tensor", batch: "torch.Tensor", start: int,
             keys: "torch.Tensor") -> None:
         """Merge a batch (as :meth:`TopExamples.add`), ``keys [B, P, nf]`` uniform in ``[0, 1)``."""
-        import torch
-
-        B, P, nf = sel.shape
-        k, flat = keys.masked_fill(~active, float("-inf")).reshape(B * P, nf).topk(min(self.m, B * P), dim=0)
-        cb, cp = flat // P, flat % P
-        pos = cp[..., None] + self.offsets  # [kk, nf, W]
-        inside = (pos >= 0) & (pos < P)
-        posc = pos.clamp(0, P - 1)
-        bb = cb[..., None].expand_as(posc)
-        ids = torch.where(inside, batch[bb, posc], torch.full_like(posc, -1))
-        acts = torch.where(inside, sel[bb, posc, torch.arange(nf)[None, :, None]], torch.zeros(()))
-        merged = [torch.cat(pair) for pair in ((self.keys, k), (self.chunk, cb + start), (self.position, cp),
-                                              (self.ids, ids), (self.acts, acts))]
-        if merged[0].shape[0] > self.m:
-            keep = merged[0].topk(self.m, dim=0).indices  # [m, nf]
-            merged = [t.gather(0, keep if t.ndim == 2 else keep[..., None].expand(-1, -1, t.shape[-1]))
-                      for t in merged]
-        self.keys, self.chunk, self.position, self.ids, self.acts = merged
+        super().add(sel, active, batch, start, score=keys)
 
     def examples(self, j: int) -> list[CardExample]:
         """Column ``j``'s sampled activations in key order (a random order)."""
         out = []
-        for r in range(self.keys.shape[0]):
-            if math.isfinite(float(self.keys[r, j])):
+        for r in range(self.values.shape[0]):
+            if math.isfinite(float(self.values[r, j])):
                 out.append(_card_example(self.ids[r, j], self.acts[r, j], self.before, int(self.chunk[r, j]),
                                          int(self.position[r, j])))
         return out
@@ -278,22 +246,15 @@ def decoder_neighbours_topk(sae: "SAE", features: Sequence[int], n: int, chunk: 
     """Per feature, the ``n`` other features whose decoder rows have the largest cosine
     with its own, ``(index, cosine)`` best first; ``chunk`` features at a time
     (``[chunk, d_sae]`` cosines in memory)."""
-    import torch
+    from trajectory.features.logits import decoder_cosines
 
-    d_sae = int(sae.cfg.d_sae)
-    n = min(n, d_sae - 1)
+    n = min(n, int(sae.cfg.d_sae) - 1)
     if n <= 0:
         return [[] for _ in features]
     out: list[list[tuple[int, float]]] = []
-    with torch.no_grad():
-        W = sae.W_dec.detach().float()
-        W = W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [d_sae, d_in], unit rows
-        for s in range(0, len(features), chunk):
-            rows = torch.tensor([int(f) for f in features[s : s + chunk]], device=W.device)
-            cos = W[rows] @ W.T  # [chunk, d_sae]
-            cos[torch.arange(len(rows), device=W.device), rows] = float("-inf")  # not itself
-            v, i = cos.topk(n, dim=-1)
-            out += [[(int(a), round_sig(float(b))) for a, b in zip(ii, vv)] for ii, vv in zip(i.cpu(), v.cpu())]
+    for cos in decoder_cosines(sae, features, chunk):
+        v, i = cos.topk(n, dim=-1)
+        out += [[(int(a), round_sig(float(b))) for a, b in zip(ii, vv)] for ii, vv in zip(i.cpu(), v.cpu())]
     return out
 
 

@@ -4,7 +4,7 @@ whose direction is closest to it (:func:`decoder_neighbours`, in the real analys
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -88,11 +88,21 @@ def decoder_neighbours(sae: "SAE", features: Sequence[int], chunk: int = 256) ->
     feature's direction is (a cosine near 1 = a near-duplicate feature). Computed
     ``chunk`` features at a time (``[chunk, d_sae]`` cosines in memory).
     """
-    import torch
 
     if int(sae.cfg.d_sae) < 2:
         return [None for _ in features]
     out: list[tuple[int, float] | None] = []
+    for cos in decoder_cosines(sae, features, chunk):
+        best = cos.max(dim=-1)  # max returns the first (lowest) index of ties
+        out += [(int(i), float(v)) for v, i in zip(best.values.cpu(), best.indices.cpu())]
+    return out
+
+
+def decoder_cosines(sae: "SAE", features: Sequence[int], chunk: int = 256) -> Iterator["torch.Tensor"]:
+    """Cosines between the decoder rows of ``features`` and every decoder row, ``chunk``
+    features at a time: ``[len(chunk), d_sae]`` tensors, each feature's own entry ``-inf``."""
+    import torch
+
     with torch.no_grad():
         W = sae.W_dec.detach().float()
         W = W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [d_sae, d_in], unit rows
@@ -100,9 +110,7 @@ def decoder_neighbours(sae: "SAE", features: Sequence[int], chunk: int = 256) ->
             rows = torch.tensor([int(f) for f in features[start : start + chunk]], device=W.device)
             cos = W[rows] @ W.T  # [n, d_sae]
             cos[torch.arange(len(rows), device=W.device), rows] = float("-inf")  # not itself
-            best = cos.max(dim=-1)  # max returns the first (lowest) index of ties
-            out += [(int(i), float(v)) for v, i in zip(best.values.cpu(), best.indices.cpu())]
-    return out
+            yield cos
 
 
 def token_decoder(model: "HookedTransformer") -> Callable[[int], str]:

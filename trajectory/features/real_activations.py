@@ -271,14 +271,17 @@ class TopExamples:
         self.ids = torch.empty(0, nf, W, dtype=torch.long)
         self.acts = torch.empty(0, nf, W)
 
-    def add(self, sel: "torch.Tensor", active: "torch.Tensor", batch: "torch.Tensor", start: int) -> None:
+    def add(self, sel: "torch.Tensor", active: "torch.Tensor", batch: "torch.Tensor", start: int,
+            score: "torch.Tensor | None" = None) -> None:
         """Merge in a batch: ``sel [B, P, nf]`` activations, ``active`` their non-zero
-        mask, ``batch [B, P]`` token ids, ``start`` the index of its first chunk."""
+        mask, ``batch [B, P]`` token ids, ``start`` the index of its first chunk.
+        ``score [B, P, nf]`` ranks the entries instead of the activations (a random key
+        gives a uniform sample of the active entries); ``values`` then holds the scores."""
         import torch
 
         B, P, nf = sel.shape
         # candidates of this batch: its own top m per feature
-        cand = sel.masked_fill(~active, float("-inf")).reshape(B * P, nf)
+        cand = (sel if score is None else score).masked_fill(~active, float("-inf")).reshape(B * P, nf)
         v, flat = cand.topk(min(self.m, B * P), dim=0)  # [kk, nf]
         cb, cp = flat // P, flat % P
         pos = cp[..., None] + self.offsets  # [kk, nf, W]
