@@ -28,9 +28,15 @@ entry of the edge's ``features`` list gets ``ablation_kl`` (KL at the last posit
 ``g.graph["causal"]`` records ``{position, top_id, top_token}`` (the last position and
 the clean top-1 next token).
 
-Batched: the clean run caches every ``resid_pre``; the knock-outs (and ablations) of one
-layer run as a batch from that layer on (``start_at_layer``), and only the two needed
-positions go through the unembedding.
+Batched, and only what changes is recomputed: the clean run caches the residual stream
+at every needed layer; the knock-outs (and ablations) of one layer run as batches from
+that layer on (``start_at_layer``), sorted by query position. By causality nothing
+before a batch's smallest query position ``s`` changes, so a batch runs only positions
+``s..N-1``, attending to the clean keys and values of positions ``< s`` from a prefix
+key-value cache (one per distinct ``s``, filled by one batch-1 pass). Ablations at a
+``resid_post`` (or ``resid_pre``) hook edit that residual directly and start at the next
+block. Only the needed positions go through the unembedding (the last one, and ``q`` for
+knock-outs).
 """
 from __future__ import annotations
 
@@ -96,48 +102,112 @@ def edge_effects(
         raise ValueError(f"the graph has edges at layer(s) {missing}, which the SAE bank lacks (it has "
                          f"{list(bank.layers)}); open the bank the evolution used")
     ids = torch.tensor(evo.token_ids, dtype=torch.long, device=model.cfg.device)[None]
+    wanted = {resid_pre(L) for L in by_layer}
+    if ablations:
+        wanted |= {_ablation_start(bank.hook_name(L), L)[0] for L in by_layer}
     with torch.no_grad():
-        logits, cache = model.run_with_cache(ids, names_filter=[resid_pre(L) for L in by_layer])
+        logits, cache = model.run_with_cache(ids, names_filter=sorted(wanted))
     last = ids.shape[1] - 1
-    clean = torch.log_softmax(logits[0].float(), dim=-1)
+    clean = torch.log_softmax(logits[0].float(), dim=-1).cpu()
     top = int(logits[0, last].argmax())
-    ctx = dict(clean=clean, clean_logit=float(logits[0, last, top]), top=top, last=last,
-               T=int(g.graph["T"]), through=g.graph.get("through", "attention"), batch_size=int(batch_size))
+    run = _Runner(model, ids, clean=clean, top=top, clean_logit=float(logits[0, last, top]))
+    ctx = dict(T=int(g.graph["T"]), through=g.graph.get("through", "attention"), batch_size=int(batch_size))
     for L in tqdm(sorted(by_layer), desc="edge effects", disable=not progress, unit="layer"):
-        x0 = cache[resid_pre(L)]
-        _knockouts(model, bank, L, x0, by_layer[L], ctx)
+        _knockouts(run, bank, L, cache[resid_pre(L)], by_layer[L], ctx)
         if ablations:
-            _ablations(model, bank, L, x0, by_layer[L], ctx)
+            _ablations(run, bank, L, cache, by_layer[L], ctx)
     token = model.tokenizer.decode([top]) if model.tokenizer is not None else str(top)
     g.graph["causal"] = dict(position=last, top_id=top, top_token=token)
     log.info("edge effects: %d edges over %d layer(s)", g.number_of_edges(), len(by_layer))
     return g
 
 
-def _knockouts(model, bank, L: int, x0: "torch.Tensor", edges: list[dict], ctx: dict) -> None:
+def _ablation_start(hook: str, L: int) -> tuple[str, int]:
+    """Where an ablation at the bank's ``hook`` of layer ``L`` is applied: the cached
+    activation to edit and the block to start from. ``resid_post(L)`` is the input of
+    block ``L+1``; any other hook is edited by a hook on a run from ``resid_pre(L)``."""
+    if hook == resid_post(L):
+        return hook, L + 1
+    return resid_pre(L), L
+
+
+class _Runner:
+    """Runs blocks ``start..`` on the positions ``s..N-1`` of a batch, the positions before
+    ``s`` read from a prefix key-value cache of the clean run (one per ``s``)."""
+
+    def __init__(self, model, ids, *, clean, top: int, clean_logit: float):
+        self.model, self.ids = model, ids
+        self.clean, self.top, self.clean_logit = clean, top, clean_logit  # clean: [N, V] log-probs
+        self.last = int(ids.shape[1]) - 1
+        self._prefixes: dict[int, object] = {}
+
+    def _cache(self, s: int, B: int):
+        """A frozen cache holding the clean keys/values of positions ``< s``, batch ``B``."""
+        import torch
+        from transformer_lens import TransformerLensKeyValueCache
+        from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+        if s not in self._prefixes:
+            prefix = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.model.cfg.device, 1)
+            with torch.no_grad():
+                self.model(self.ids[:, :s], past_kv_cache=prefix, return_type=None)
+            self._prefixes[s] = prefix
+        prefix = self._prefixes[s]
+        entries = [TransformerLensKeyValueCacheEntry(e.past_keys.expand(B, -1, -1, -1),
+                                                     e.past_values.expand(B, -1, -1, -1), frozen=True)
+                   for e in prefix.entries]
+        return TransformerLensKeyValueCache(entries=entries, frozen=True,
+                                            previous_attention_mask=prefix.previous_attention_mask.expand(B, -1))
+
+    def __call__(self, x: "torch.Tensor", start: int, s: int, hooks: list[tuple[str, Callable]],
+                 q: "torch.Tensor | None" = None):
+        """Run ``x [B, N-s, d_model]`` (positions ``s..N-1`` entering block ``start``) with
+        ``hooks``; return the log-probs ``[B, P, d_vocab]`` at the last position (and at
+        ``q``, absolute positions ``[B]``, when given: ``P = 2``) and ``[B]`` the logit of
+        the clean top-1 token at the last position."""
+        import torch
+        from transformer_lens.utilities import apply_softcap
+
+        model, B = self.model, x.shape[0]
+        cache = self._cache(s, B) if s > 0 else None
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            final = model(x, start_at_layer=start, stop_at_layer=model.cfg.n_layers, past_kv_cache=cache)
+        picked = [final[:, self.last - s]]
+        if q is not None:
+            picked.append(final[torch.arange(B, device=final.device), q.to(final.device) - s])
+        picked = torch.stack(picked, dim=1)  # [B, P, d_model], before ln_final
+        if model.cfg.normalization_type is not None:
+            picked = model.ln_final(picked)  # per position, as the full forward does
+        with torch.no_grad():
+            logits = apply_softcap(model.unembed(picked), model.cfg.output_logits_soft_cap).float()
+        return torch.log_softmax(logits, dim=-1).cpu(), logits[:, 0, self.top].cpu()
+
+
+def _knockouts(run: _Runner, bank, L: int, x0: "torch.Tensor", edges: list[dict], ctx: dict) -> None:
     """Key knock-outs of the edges of layer ``L`` (batched), written onto the edge dicts."""
     import torch
 
     sae, step_hook = bank[L], (resid_mid(L) if ctx["through"] == "attention" else resid_post(L))
-    for chunk in _chunks(edges, ctx["batch_size"]):
+    for chunk in _chunks(sorted(edges, key=lambda e: e["target_token"]), ctx["batch_size"]):
         B = len(chunk)
         b = torch.arange(B, device=x0.device)
         q = torch.tensor([e["target_token"] for e in chunk], device=x0.device)
         t = torch.tensor([e["source_token"] for e in chunk], device=x0.device)
+        s = int(q.min())  # positions before s are the clean run's
         kept = {}
 
-        def knock_out(pattern, hook):  # [B, head, q, k]
-            pattern[b, :, q, t] = 0.0
+        def knock_out(pattern, hook):  # [B, head, query s.., key 0..]
+            pattern[b, :, q - s, t] = 0.0
             return pattern
 
         def keep_step(x, hook):  # the final step's vector at (q, L)
-            kept["x"] = x[b, q].detach().clone()
+            kept["x"] = x[b, q - s].detach().clone()
 
         hooks = [(attn_hook(L, "pattern"), knock_out), (step_hook, keep_step)]
-        lp, top_logit = _run_from(model, x0.expand(B, -1, -1), L, hooks, q, ctx)
-        kl_last = _kl(ctx["clean"][ctx["last"]], lp[:, 0])
-        kl_query = _kl(ctx["clean"][q], lp[:, 1])
-        delta = top_logit - ctx["clean_logit"]
+        lp, top_logit = run(x0[:, s:].expand(B, -1, -1).clone(), L, s, hooks, q)
+        kl_last = _kl(run.clean[run.last], lp[:, 0])
+        kl_query = _kl(run.clean[q.cpu()], lp[:, 1])
+        delta = top_logit - run.clean_logit
         with torch.no_grad():
             acts = latents(sae, kept["x"])  # [B, d_sae]
             vals, idx = torch.topk(acts, min(ctx["T"], acts.shape[-1]), dim=-1)
@@ -150,53 +220,40 @@ def _knockouts(model, bank, L: int, x0: "torch.Tensor", edges: list[dict], ctx: 
             e["newcomers_lost"] = sum(f not in within for f in feats) / max(len(feats), 1)
 
 
-def _ablations(model, bank, L: int, x0: "torch.Tensor", edges: list[dict], ctx: dict) -> None:
+def _ablations(run: _Runner, bank, L: int, cache, edges: list[dict], ctx: dict) -> None:
     """Each newcomer feature of each edge clamped to 0 at (q, L) at the bank's hook (batched)."""
     import torch
 
-    sae = bank[L]
-    items = [(e, f) for e in edges for f in e["features"]]
+    sae, hook = bank[L], bank.hook_name(L)
+    edited, start = _ablation_start(hook, L)
+    x0 = cache[edited]
+    items = sorted(((e, f) for e in edges for f in e["features"]), key=lambda ef: ef[0]["target_token"])
     for chunk in _chunks(items, ctx["batch_size"]):
         B = len(chunk)
         b = torch.arange(B, device=x0.device)
         q = torch.tensor([e["target_token"] for e, _ in chunk], device=x0.device)
-        feats = [int(f["feature"]) for _, f in chunk]
+        feats = torch.tensor([int(f["feature"]) for _, f in chunk], device=x0.device)
+        s = int(q.min())
 
-        def ablate(x, hook):  # x [B, pos, d_in]; remove a_f · W_dec[f] at (b, q_b)
-            a = latents(sae, x[b, q])[b, torch.tensor(feats, device=x.device)]  # [B]
-            rows = torch.stack([decoder_row(sae, f, x) for f in feats])  # [B, d_in]
+        def ablate(x, hook=None):  # x [B, pos s.., d_in]; remove a_f · W_dec[f] at (b, q_b)
+            a = latents(sae, x[b, q - s])[b, feats]  # [B]
+            rows = torch.stack([decoder_row(sae, int(f), x) for f in feats])  # [B, d_in]
             x = x.clone()
-            x[b, q] -= a[:, None] * rows
+            x[b, q - s] -= a[:, None] * rows
             return x
 
-        lp, _ = _run_from(model, x0.expand(B, -1, -1), L, [(bank.hook_name(L), ablate)], q, ctx)
-        kl_last = _kl(ctx["clean"][ctx["last"]], lp[:, 0])
+        x = x0[:, s:].expand(B, -1, -1)
+        if edited == hook:  # edit the cached activation, run on from the next block
+            lp, _ = run(ablate(x), start, s, [])
+        else:
+            lp, _ = run(x.clone(), start, s, [(hook, ablate)])
+        kl_last = _kl(run.clean[run.last], lp[:, 0])
         for i, (_, f) in enumerate(chunk):
             f["ablation_kl"] = float(kl_last[i])
 
 
-def _run_from(model, x: "torch.Tensor", L: int, hooks: list[tuple[str, Callable]], q: "torch.Tensor", ctx: dict):
-    """Run blocks ``L..`` on ``x [B, pos, d_model]`` with ``hooks``; return the log-probs
-    ``[B, 2, d_vocab]`` at the last position and at ``q``, and ``[B]`` the logit of the
-    clean top-1 token at the last position."""
-    import torch
-    from transformer_lens.utilities import apply_softcap
-
-    B = x.shape[0]
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        final = model(x.clone(), start_at_layer=L, stop_at_layer=model.cfg.n_layers)  # before ln_final
-    b = torch.arange(B, device=final.device)
-    picked = torch.stack([final[:, ctx["last"]], final[b, q.to(final.device)]], dim=1)  # [B, 2, d_model]
-    if model.cfg.normalization_type is not None:
-        picked = model.ln_final(picked)  # per position, as the full forward does
-    with torch.no_grad():
-        logits = apply_softcap(model.unembed(picked), model.cfg.output_logits_soft_cap).float()
-    return torch.log_softmax(logits, dim=-1).cpu(), logits[:, 0, ctx["top"]].cpu()
-
-
 def _kl(clean: "torch.Tensor", other: "torch.Tensor") -> "torch.Tensor":
     """``KL(clean ‖ other)`` of log-prob rows (``clean`` ``[V]`` or ``[B, V]``, ``other`` ``[B, V]``)."""
-    clean = clean.cpu()
     return (clean.exp() * (clean - other)).sum(-1).clamp_min(0.0)
 
 
