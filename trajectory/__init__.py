@@ -29,6 +29,8 @@ _MODULES = {
     "newcomers": ("find_newcomers", "Newcomer"),
     "graph.build": ("trajectory_graph", "feature_graph"),
     "graph.export": ("export_graph", "read_graph"),
+    "graph.aggregate": ("aggregate", "aggregate_folder"),
+    "graph.diff": ("diff_graph",),
     "interventions.intervention": ("Intervention",),
     "interventions.hooks": ("steered",),
     "interventions.steering": ("steer", "SteeringResult"),

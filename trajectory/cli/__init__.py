@@ -22,6 +22,8 @@ SUBCOMMAND_MODULES = [
     "trajectory.cli.preload",
     "trajectory.cli.evolve",
     "trajectory.cli.graph",
+    "trajectory.cli.aggregate",
+    "trajectory.cli.diff",
     "trajectory.cli.steer",
     "trajectory.cli.features",
     "trajectory.cli.dashboard",

@@ -334,8 +334,17 @@ def _warn_positions(t1: list[str], t2: list[str], first: int) -> None:
     lengths = f"differ in length ({len(t1)} vs {len(t2)} tokens) and " if len(t1) != len(t2) else ""
     warnings.warn(
         f"compare_graphs(by='position'): the prompts {lengths}first differ at token {first} ({at}); "
-        "nodes are matched by (token_index, layer), so from there on different tokens are compared. "
-        "Pass by='token' to align the prompts on their shared tokens.", UserWarning, stacklevel=3)
+        "nodes are matched by (token_index, layer), so from there on different tokens are compared, and each "
+        "graph is traced back from its own last token, so edges can differ even before that token. "
+        "Pass by='token' to align the prompts on their shared tokens, or use trajectory.graph.diff.diff_graph "
+        "on the two evolutions for a per-position diff.", UserWarning, stacklevel=3)
+
+
+def _warn_lengths(t1: list[str], t2: list[str]) -> None:
+    warnings.warn(f"compare_graphs(by='token'): the prompts differ in length ({len(t1)} vs {len(t2)} tokens); each "
+                  "graph is traced back from its own last token, so aligned positions can have different edges only "
+                  "because the tracing reached them from different ends. trajectory.graph.diff.diff_graph compares "
+                  "two evolutions position by position without tracing.", UserWarning, stacklevel=3)
 
 
 def _by_key(x: Any) -> Any:
@@ -366,10 +375,18 @@ def compare_graphs(g1: nx.DiGraph, g2: nx.DiGraph, *, by: Literal["position", "t
     must be equal to align: ``" John"`` (leading space) and ``"John"`` at the start of a
     sentence stay apart. ``alignment`` in the result gives the pairs used.
 
-    By causality, positions before ``first_difference`` read the same prefix in both
-    prompts, so their evolutions are identical (the traced graphs can still differ
-    there: tracing starts at each last token). For two variants of one prompt, a
-    contrastive diff graph of the two evolutions is the sharper tool.
+    What it does *not* compare: the evolutions. Both graphs are traced backwards from
+    their own last token (:func:`~trajectory.graph.build.trajectory_graph`), so an edge
+    is in a graph only if the tracing reached its target. By causality, positions before
+    ``first_difference`` read the same prefix in both prompts and their evolutions are
+    identical, yet the traced graphs can still differ there, because the tracing from a
+    different last token reached other nodes. For two variants of one prompt use
+    :func:`trajectory.graph.diff.diff_graph` on the evolutions: it checks the shared
+    positions are equal, leaves them out, and compares every edge from the first
+    difference on.
+
+    Warnings (``UserWarning``): with ``by="position"`` whenever the prompts' tokens differ
+    (in length or anywhere); with ``by="token"`` when their lengths differ.
 
     Returns
     -------
@@ -393,7 +410,11 @@ def compare_graphs(g1: nx.DiGraph, g2: nx.DiGraph, *, by: Literal["position", "t
     ([(0, 4)], [(0, 5)], 0.333)
     >>> b.graph["tokens"] = ["<bos>", "z", "x", "y"]
     >>> b = nx.relabel_nodes(b, {n: (n[0] + 1, n[1]) for n in b})
-    >>> c = compare_graphs(a, b, by="token")
+    >>> with warnings.catch_warnings(record=True) as caught:  # 3 vs 4 tokens: traced from different ends
+    ...     warnings.simplefilter("always")
+    ...     c = compare_graphs(a, b, by="token")
+    >>> str(caught[0].message)[:64]
+    "compare_graphs(by='token'): the prompts differ in length (3 vs 4"
     >>> c["alignment"], c["first_difference"], c["edges"]["shared"]
     ([(0, 0), (1, 2), (2, 3)], 1, [((1, 2, -1), (2, 3, 0))])
     """
@@ -410,6 +431,8 @@ def compare_graphs(g1: nx.DiGraph, g2: nx.DiGraph, *, by: Literal["position", "t
         if not (t1 and t2):
             raise ValueError("compare_graphs(by='token') needs g.graph['tokens'] in both graphs; "
                              "use by='position' for graphs without tokens")
+        if len(t1) != len(t2):
+            _warn_lengths(t1, t2)
         alignment = _token_alignment(t1, t2)
         to_second, to_first = dict(alignment), {j: i for i, j in alignment}
         k1 = {n: (n[0], to_second.get(n[0]), n[1]) for n in g1.nodes}
