@@ -85,3 +85,28 @@ def test_neuronpedia_url_reaches_explain_features(tmp_path, monkeypatch):
     write_graph_outputs(make_evolution(), tmp_path, GraphConfig(formats=["json"], T=5,
                                                                 neuronpedia_url="http://127.0.0.1:9/np"))
     assert seen == ["http://127.0.0.1:9/np"]
+
+
+def test_graph_config_dashboard_reaches_the_pages(tmp_path):
+    """``GraphConfig.dashboard``: the HTML graph links its features; without an HTML format
+    the folder is not needed (nothing links)."""
+    from trajectory.dashboard import write_pages
+    from trajectory.render.feature_links import graph_feature_layers
+
+    from tests.render.test_feature_links import panel_texts, small_dashboard
+    from trajectory.render.html import build_figure
+
+    evo = make_evolution()
+    dash = tmp_path / "dash"
+    write_pages([small_dashboard(0, range(1000)), small_dashboard(1, range(1000))], dash)
+    result = write_graph_outputs(evo, tmp_path / "g", GraphConfig(formats=["html"], T=5, explanations=False,
+                                                                  dashboard=dash))
+    page = result.paths["html"].read_text(encoding="utf-8")
+    wanted = graph_feature_layers(result.graph)
+    for layer, feats in wanted.items():
+        for f in feats:
+            assert f"layer_{layer:02d}.html#f{f}\\" in page  # each feature's link, in plotly's JSON
+    assert all("<a " not in t for t in panel_texts(build_figure(result.graph)))  # the figure alone: no links
+    # no html: the dashboard option is unused, even when the folder is missing
+    write_graph_outputs(evo, tmp_path / "g2", GraphConfig(formats=["json"], T=5, explanations=False,
+                                                          dashboard=tmp_path / "missing"))

@@ -195,7 +195,11 @@ def run_evolve(config: EvolveConfig, *, prompt: str | None = None, prompts: Sequ
 # ----------------------------------------------------------------------------- stage 3
 @dataclass
 class GraphConfig:
-    """Settings of stage 3: which newcomers (``T``, ``through``), which outputs, which explanations."""
+    """Settings of stage 3: which newcomers (``T``, ``through``), which outputs, which explanations.
+
+    ``dashboard``: a feature dashboard folder (``trajectory dashboard --out``); the HTML
+    pages' click panels then link every feature id to its card there (relative links,
+    :mod:`trajectory.render.feature_links`); ``None``: no links."""
 
     formats: Sequence[str] = GRAPH_FORMATS
     T: int = 22
@@ -212,6 +216,7 @@ class GraphConfig:
     min_kl: float | None = None
     edge_width: str = "trajectories"
     device: str | None = None
+    dashboard: str | Path | None = None
 
     def __post_init__(self) -> None:
         self.formats = parse_formats(self.formats)
@@ -282,6 +287,7 @@ def write_graph_outputs(evo: "Evolution", out: str | Path, config: GraphConfig |
     out = check_output_dir(out, [f"{config.name}.{fmt}" for fmt in config.formats])
     for folder in (out, out / "evolution"):
         clean_stale_temp_files(folder)
+    _dashboard_links(config, None, evo)  # a missing dashboard folder fails before any work
     g = trajectory_graph(evo, T=config.T, through=config.through, include_bos=config.include_bos)
     if config.causal:
         causal_edges(evo, g, bank=config.bank, device=config.device, min_kl=config.min_kl)
@@ -297,6 +303,7 @@ def write_graph_outputs(evo: "Evolution", out: str | Path, config: GraphConfig |
                                        neuronpedia_url=config.neuronpedia_url)
             attach_explanations(g, texts)
     result = GraphOutputs(g, sum(1 for v in texts.values() if v), warnings=[str(w.message) for w in caught])
+    links = _dashboard_links(config, g, evo)
     for fmt in config.formats:
         path = out / f"{config.name}.{fmt}"
         if fmt == "png":
@@ -306,12 +313,29 @@ def write_graph_outputs(evo: "Evolution", out: str | Path, config: GraphConfig |
         elif fmt == "html":
             from trajectory.render import render_html
 
-            result.paths[fmt] = render_html(g, path, plotly_js=config.plotly_js)
+            result.paths[fmt] = render_html(g, path, plotly_js=config.plotly_js, dashboard=links)
         else:
             result.paths[fmt] = export_graph(g, path)
     if config.evolution_plots:
-        result.evolution_plots = _evolution_plots(evo, out / "evolution", config, texts)
+        result.evolution_plots = _evolution_plots(evo, out / "evolution", config, texts, links)
     return result
+
+
+def _dashboard_links(config: GraphConfig, g, evo: "Evolution"):
+    """``config.dashboard`` opened once for the graph page and the evolution pages
+    (``None`` without a dashboard or an HTML format): only checks the folder when ``g`` is
+    ``None``; with ``g``, looks for the pages of the layers they show and warns (log)
+    about missing pages and cards."""
+    if config.dashboard is None or "html" not in config.formats:
+        return None
+    from trajectory.render.feature_links import DashboardLinks, graph_feature_layers
+
+    if g is None:
+        return DashboardLinks.open(config.dashboard, [])
+    wanted = graph_feature_layers(g)
+    links = DashboardLinks.open(config.dashboard, set(wanted) | (set(evo.layers) if config.evolution_plots else set()))
+    links.warn_unlinked(wanted)
+    return links
 
 
 def causal_edges(evo: "Evolution", g, *, bank=None, device: str | None = None, min_kl: float | None = None):
@@ -331,7 +355,7 @@ def causal_edges(evo: "Evolution", g, *, bank=None, device: str | None = None, m
     return g
 
 
-def _evolution_plots(evo: "Evolution", folder: Path, config: GraphConfig, texts) -> list[Path]:
+def _evolution_plots(evo: "Evolution", folder: Path, config: GraphConfig, texts, links=None) -> list[Path]:
     """The evolution plot of the full prompt at every layer, PNG and/or HTML per the formats."""
     from tqdm.auto import tqdm
 
@@ -341,7 +365,8 @@ def _evolution_plots(evo: "Evolution", folder: Path, config: GraphConfig, texts)
     from trajectory.render import evolution_plot_html, evolution_plot_png
 
     # the evolution pages share the graph folder's copy of plotly.js
-    page = dict(plotly_js=folder.parent / "plotly.min.js" if config.plotly_js == "directory" else config.plotly_js)
+    page = dict(plotly_js=folder.parent / "plotly.min.js" if config.plotly_js == "directory" else config.plotly_js,
+                dashboard=links)
     paths = []
     for layer in tqdm(evo.layers, desc="evolution plots", unit="layer"):
         by_feature = {f: t for (L, f), t in texts.items() if L == layer and t}

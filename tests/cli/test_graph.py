@@ -158,3 +158,39 @@ def test_knockout_widths_follow_the_kl():
     widths = sorted(round(t.line.width, 6) for t in build_figure(g).data
                     if t.mode == "lines" and t.x and t.x[0] is not None)
     assert widths == sorted(round(edge_width(kl, 0.5), 6) for kl in (0.5, 0.05, 0.0))
+
+
+def test_dashboard_links_through_the_cli(tmp_path, capsys, caplog):
+    """``--dashboard DIR``: the graph and evolution pages link feature ids to DIR's cards,
+    relatively; a layer DIR has no page for is logged, named in the panels and not linked."""
+    import logging
+    import re
+
+    from trajectory.dashboard import write_pages
+
+    from tests.render.test_feature_links import small_dashboard
+
+    evo = make_evolution()  # newcomers at layer 0 (200, 201, 300, 301, 400) and layer 1 (100-103, 500)
+    evo_path = evo.save(tmp_path / "evo.safetensors")
+    dash = tmp_path / "dashboard"
+    write_pages([small_dashboard(1, [100, 101, 102, 103, 500, 600])], dash)  # no layer_00.html
+    out = tmp_path / "graph"
+    with caplog.at_level(logging.WARNING, logger="trajectory"):
+        assert main(["graph", str(evo_path), "--no-explanations", "--formats", "html,json", "--top-rank", "5",
+                     "--dashboard", str(dash), "--out", str(out)]) == 0
+    assert "feature links to" in capsys.readouterr().out
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "no page for layer(s) 0 (layer_00.html)" in logged
+    page = (out / "graph.html").read_text(encoding="utf-8")
+    # (plotly's JSON writes "/" as \u002f) relative: from graph/ up to dashboard/
+    linked = set(re.findall(r'\.\.\\u002fdashboard\\u002flayer_01\.html#f(\d+)', page))
+    assert linked == {"100", "101", "102", "103"}  # every layer-1 newcomer of the graph (T=5), nothing else
+    assert "layer_00.html#f" not in page and "no dashboard page layer_00.html" in page
+    evo_page = (out / "evolution" / "layer_01.html").read_text(encoding="utf-8")
+    assert re.search(r'\.\.\\u002f\.\.\\u002fdashboard\\u002flayer_01\.html#f100\b', evo_page)
+    # a folder that is not there: a clear error before anything is written
+    assert main(["graph", str(evo_path), "--no-explanations", "--dashboard", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "g2")]) == 1
+    err = capsys.readouterr().err
+    assert f"no feature dashboard at {tmp_path / 'nope'}" in err and "trajectory dashboard --layers" in err
+    assert not list((tmp_path / "g2").glob("graph.*"))

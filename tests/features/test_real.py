@@ -43,6 +43,24 @@ def brute_force(model, sae, tokens, feature, max_examples, window, include_bos=F
     return rows, top, windows
 
 
+def check_log_histogram(s, live, n_bins):
+    """``s``'s histogram against numpy's over the same non-zero values ``live``: edges on
+    the grid 10**(-4 + i/20), at most ``n_bins`` bins of equal log width, the first and
+    last non-empty, counts equal to ``np.histogram`` (values clipped into the range, as
+    the scan counts values below 1e-4 in the first bin and above 1e4 in the last)."""
+    edges = np.array(s.histogram_edges)
+    assert 0 < len(s.histogram_counts) <= n_bins and len(edges) == len(s.histogram_counts) + 1
+    grid = 20 * (np.log10(edges) + 4)
+    assert np.allclose(grid, np.round(grid), atol=1e-6) and len(set(np.round(np.diff(grid), 6)[:-1])) <= 1
+    assert s.histogram_counts[0] > 0 and s.histogram_counts[-1] > 0
+    assert edges[0] <= max(live.min(), 1e-4) * (1 + 1e-6) and live.max() < edges[-1] * (1 + 1e-6)
+    # (the batched scan and one forward pass per chunk differ in the last bits; values
+    # within 1e-5 of an edge would be ambiguous, and there are none here)
+    assert np.abs(np.log10(live[live > 0])[:, None] - np.log10(edges)[None]).min() > 1e-5
+    want = np.histogram(live.clip(edges[0], edges[-1] * (1 - 1e-9)), bins=edges)[0]
+    assert s.histogram_counts == want.tolist()
+
+
 @pytest.mark.parametrize("architecture", ["jumprelu", "topk"])
 def test_top_contexts_and_density_match_brute_force(tiny_model, tokens, architecture):
     sae = random_sae(32, 64, architecture=architecture, k=8, seed=3, hook_name=HOOK)
@@ -58,6 +76,7 @@ def test_top_contexts_and_density_match_brute_force(tiny_model, tokens, architec
         assert s.mean_activation == pytest.approx(float(vals.mean()), rel=1e-5, abs=1e-7)
         assert s.max_activation == pytest.approx(float(vals.max()), rel=1e-5)
         assert sum(s.histogram_counts) == s.n_active
+        check_log_histogram(s, vals.numpy()[vals.numpy() != 0], n_bins=40)
         assert [e.activation for e in s.examples] == pytest.approx([t[0] for t in top], rel=1e-5)
         assert [(e.context, e.position) for e in s.examples] == [(t[1], t[2]) for t in top]
         for e, (ids, acts, peak) in zip(s.examples, windows):
@@ -97,12 +116,9 @@ def test_include_bos_statistics_count_every_position(tiny_model, tokens):
         assert s.mean_activation == pytest.approx(vals.mean(), rel=1e-5, abs=1e-7)
         assert s.mean_active == pytest.approx(live.mean(), rel=1e-5)
         assert s.max_activation == pytest.approx(vals.max(), rel=1e-5)
-        # the histogram holds exactly the non-zero values of all positions
-        assert s.histogram_edges[0] == pytest.approx(min(0.0, live.min()), abs=1e-6)
-        assert s.histogram_edges[-1] == pytest.approx(live.max(), rel=1e-5)
-        # (clipped: one forward pass per chunk differs from the batched scan in the last bits)
-        edges = np.array(s.histogram_edges)
-        assert s.histogram_counts == np.histogram(live.clip(edges[0], edges[-1]), bins=edges)[0].tolist()
+        # the histogram holds exactly the non-zero values of all positions: log-spaced bins
+        # (20 per decade from 1e-4) merged into at most n_bins, spanning the values
+        check_log_histogram(s, live, n_bins=40)
         assert [(e.context, e.position) for e in s.examples] == [(t[1], t[2]) for t in top]
         for e, (ids, acts, peak) in zip(s.examples, windows):  # BOS shows its own activation
             assert e.token_ids == ids and e.activations == pytest.approx(acts, rel=1e-5, abs=1e-6)
@@ -128,3 +144,31 @@ def test_sae_of_another_width_is_a_clear_error_in_the_python_api(tiny_model):
         real(tiny_model, wrong, "0-2", CORPUS_SENTENCES, progress=False)
     with pytest.raises(ValueError, match=r"d_in 48 .*width 32.*another model"):
         synthetic(tiny_model, wrong, "0", n_steps=2, progress=False)
+
+
+def test_scan_statistics_and_merged_histogram_without_a_model():
+    """:class:`FeatureScan` over two hand-made batches against numpy over all values at
+    once; ``n_bins=3`` merges the fine log bins (exact counts, edges on the grid)."""
+    from trajectory.features.corpus_scan import FeatureScan, coarse_histogram
+
+    rng = np.random.default_rng(0)
+    vals = np.where(rng.random((2, 3, 5, 2)) < 0.6, np.exp(rng.normal(0, 1.5, (2, 3, 5, 2))), 0.0).astype(np.float32)
+    vals[0, 0, 0, 0] = 2e-5  # below the first edge: counted in the first bin
+    mask = np.ones((2, 3, 5), dtype=bool)
+    mask[:, :, 0] = False  # "BOS": not counted
+    scan = FeatureScan(2, max_examples=3, window=(1, 1))
+    for b in range(2):
+        m = torch.from_numpy(mask[b])
+        sel = torch.from_numpy(vals[b]) * m[..., None]
+        scan.add(sel, m, torch.arange(15).reshape(3, 5), start=3 * b)
+    counted = vals[mask]  # [n, 2]
+    assert scan.n_tokens == mask.sum()
+    for j in range(2):
+        live = counted[:, j][counted[:, j] != 0]
+        assert int(scan.n_active[j]) == len(live) and scan.max_activation(j) == pytest.approx(live.max())
+        assert float(scan.act_sum[j]) == pytest.approx(float(live.sum(dtype=np.float64)), rel=1e-6)
+        edges, counts = coarse_histogram(*scan.histogram(j), 3)
+        assert len(counts) <= 3 and sum(counts) == len(live)
+        want = np.histogram(live.clip(edges[0], edges[-1] * (1 - 1e-9)), bins=np.array(edges))[0]
+        assert counts == want.tolist()
+        assert [e.activation for e in scan.top.examples(j, str)] == pytest.approx(sorted(live)[::-1][:3])

@@ -9,6 +9,7 @@ Examples::
     trajectory graph results/offline/evolution.safetensors
     trajectory graph results/offline/evolution.safetensors --top-rank 13 --formats png,graphml --offline
     trajectory graph run.safetensors --through mlp --include-bos --no-evolution-plots --out figs/
+    trajectory graph run.safetensors --dashboard results/dashboard/offline   # feature ids link to their cards
     trajectory graph                       # the newest evolution file under results/
 """
 from __future__ import annotations
@@ -69,6 +70,10 @@ def register(sub) -> None:
     p.add_argument("--plotly-js", choices=["directory", "inline", "cdn"], default="directory",
                    help="plotly.js for the HTML pages: one shared plotly.min.js in the output folder (default; "
                    "pages open offline), inside every page (self-contained single files), or from plotly's CDN")
+    p.add_argument("--dashboard", default=None, metavar="DIR",
+                   help="a feature dashboard folder (from `trajectory dashboard --out DIR`): a click on a node or "
+                   "edge of the HTML pages pins its features in a side panel, each linked to its card "
+                   "DIR/layer_XX.html#fN (relative links: move the folders together)")
     p.set_defaults(func=run)
 
 
@@ -80,7 +85,7 @@ def run(args) -> int:
                          explanations=not args.no_explanations, offline=args.offline, bank=args.bank,
                          neuronpedia_url=args.neuronpedia_url, plotly_js=args.plotly_js,
                          causal=args.causal, min_kl=args.min_kl, device=args.device, edge_width=args.edge_width,
-                         evolution_plots=args.evolution_plots, name=args.name)
+                         evolution_plots=args.evolution_plots, name=args.name, dashboard=args.dashboard)
     if args.file and args.evolution and args.file != args.evolution:
         raise ValueError("name the evolution file once: as FILE or with --evolution")
     path = args.file or args.evolution or latest_evolution()
@@ -106,6 +111,8 @@ def run(args) -> int:
           f"{result.explained} features explained")
     for fmt, path in result.paths.items():
         print(f"  {_LABELS[fmt]:<20} {path}")
+    if args.dashboard and "html" in result.paths:
+        print(f"  {'feature links to':<20} {args.dashboard}")
     if result.evolution_plots:
         print(f"  {'evolution plots':<20} {len(result.evolution_plots)} files in {result.evolution_plots[0].parent}")
     return 0

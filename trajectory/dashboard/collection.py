@@ -5,12 +5,12 @@ runs each batch of chunks through the model once — stopping after the last req
 layer — and hands every SAE's activations of the requested features to a
 :class:`LayerScan`, which keeps, as tensors (no Python loop per feature per batch):
 
-- the top activations with their windows — the real analysis's own
-  :class:`~trajectory.features.real_activations.TopExamples` (one code path for top examples);
+- through :class:`~trajectory.features.corpus_scan.FeatureScan`, the real analysis's own
+  scan (one code path for both): the top activations with their windows, density, max
+  and sum, and an exact histogram over fixed log-spaced bins (:data:`HIST_EDGES`);
 - a uniform sample of the non-zero activations (random keys, a running top-``sample_size``
   of the keys), from which each feature's quantile bands take their examples;
-- density, max and sum, and an exact histogram over fixed log-spaced bins
-  (:data:`HIST_EDGES`), so nothing grows with the corpus.
+so nothing grows with the corpus.
 
 After the pass, logit effects (:func:`trajectory.features.logits.logit_effects`) and the
 nearest features by decoder cosine are computed ``feature_chunk`` features at a time, so
@@ -25,8 +25,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from trajectory.dashboard.data import Band, CardExample, FeatureCard, LayerDashboard, round_sig
 from trajectory.features.config import RealConfig
-from trajectory.features.logits import logit_effects, token_decoder
-from trajectory.features.real_activations import TopExamples, corpus_tokens, stop_layer
+from trajectory.features.corpus_scan import (  # noqa: F401 - HIST_EDGES, hook_batch: re-exported
+    HIST_EDGES, FeatureScan, TopExamples, hook_batch, select_features, stream_corpus,
+)
+from trajectory.features.logits import token_decoder
+from trajectory.features.real_activations import chunked_logit_effects, corpus_tokens
 from trajectory.features.report import sae_info
 from trajectory.features.spec import parse_features
 from trajectory.io import provenance
@@ -38,11 +41,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
 
 log = logging.getLogger(__name__)
-
-#: histogram bin edges: 20 log-spaced bins per decade from 1e-4 to 1e4 (bin ``i`` covers
-#: ``[HIST_EDGES[i], HIST_EDGES[i+1])``; smaller non-zero values count in bin 0, larger in the last)
-HIST_EDGES = [10 ** (-4 + i / 20) for i in range(161)]
-
 
 @dataclass(frozen=True)
 class DashboardConfig:
@@ -102,29 +100,19 @@ class DashboardTarget:
     explanations: dict[int, str] = field(default_factory=dict)
 
 
-class LayerScan:
+class LayerScan(FeatureScan):
     """Running state of one SAE over the pass, for ``nf`` features (column ``j`` = the
-    ``j``-th requested feature).
-
-    Attributes:
-        n_tokens: counted tokens; n_active ``[nf]``; act_sum ``[nf]`` float64;
-        max ``[nf]`` (``-inf``: never active); hist ``[nf, len(HIST_EDGES) - 1]`` counts;
-        top: :class:`TopExamples`; sample: :class:`SampledWindows`.
-    """
+    ``j``-th requested feature): the real analysis's :class:`~trajectory.features.corpus_scan.FeatureScan`
+    (counts, sums, max, histogram over :data:`HIST_EDGES`, top examples) plus ``sample``,
+    a :class:`SampledWindows` for the quantile bands."""
 
     def __init__(self, target: DashboardTarget, feats: list[int], cfg: DashboardConfig):
         import torch
 
-        self.target, self.feats, nf = target, feats, len(feats)
+        super().__init__(len(feats), cfg.max_examples, cfg.window)
+        self.target, self.feats = target, feats
         self.index = torch.tensor(feats, dtype=torch.long, device=target.sae.W_enc.device)
-        self.n_tokens = 0
-        self.n_active = torch.zeros(nf, dtype=torch.long)
-        self.act_sum = torch.zeros(nf, dtype=torch.float64)
-        self.max = torch.full((nf,), float("-inf"))
-        self.inner_edges = torch.tensor(HIST_EDGES[1:-1])
-        self.hist = torch.zeros(nf, len(HIST_EDGES) - 1, dtype=torch.long)
-        self.top = TopExamples(nf, cfg.max_examples, cfg.window)
-        self.sample = SampledWindows(nf, cfg.sample_size, cfg.window)
+        self.sample = SampledWindows(len(feats), cfg.sample_size, cfg.window)
 
     def add(self, x: "torch.Tensor", mask: "torch.Tensor", batch: "torch.Tensor", start: int,
             generator: "torch.Generator") -> None:
@@ -132,20 +120,8 @@ class LayerScan:
         positions, ``batch [B, P]`` token ids, ``start`` its first chunk's index."""
         import torch
 
-        sae = self.target.sae
-        acts = sae.encode(x.to(sae.W_enc.device, sae.W_enc.dtype))  # [B, P, d_sae]
-        sel = acts.index_select(-1, self.index).float().cpu() * mask[..., None]  # [B, P, nf]
-        del acts
-        active = sel != 0
-        self.n_tokens += int(mask.sum())
-        self.n_active += active.sum((0, 1))
-        self.act_sum += sel.sum((0, 1), dtype=torch.float64)
-        self.max = torch.maximum(self.max, sel.masked_fill(~active, float("-inf")).amax((0, 1)))
-        _, _, f_i = active.nonzero(as_tuple=True)
-        bins = torch.bucketize(sel[active], self.inner_edges, right=True)  # [n_nonzero], same order as f_i
-        nb = self.hist.shape[1]
-        self.hist += torch.bincount(f_i * nb + bins, minlength=self.hist.numel()).view_as(self.hist)
-        self.top.add(sel, active, batch, start)
+        sel = select_features(self.target.sae, x, self.index, mask)  # [B, P, nf]
+        active = super().add(sel, mask, batch, start)
         self.sample.add(sel, active, batch, start, torch.rand(sel.shape, generator=generator))
 
 
@@ -193,7 +169,6 @@ def collect(
         One :class:`LayerDashboard` per target, in the order given.
     """
     import torch
-    from tqdm.auto import tqdm
 
     cfg = config or DashboardConfig()
     if not targets:
@@ -204,41 +179,14 @@ def collect(
         d_sae = int(t.sae.cfg.d_sae)
         scans.append(LayerScan(t, list(range(d_sae)) if features is None else parse_features(features, d_sae=d_sae), cfg))
     corpus_name, tokens = corpus_tokens(model, corpus, context_length=cfg.context_length, max_tokens=cfg.max_tokens)
-    n_chunks, P = tokens.shape
-    bos = model.tokenizer.bos_token_id if model.tokenizer is not None else None
     generator = torch.Generator().manual_seed(cfg.seed)
-    bar = tqdm(total=n_chunks * P, desc="dashboard", unit="tok", unit_scale=True, disable=not progress)
-    with torch.no_grad():
-        for start in range(0, n_chunks, cfg.batch_size):
-            batch = tokens[start : start + cfg.batch_size]
-            mask = torch.ones(batch.shape, dtype=torch.bool) if (cfg.include_bos or bos is None) else batch != bos
-            acts = hook_batch(model, batch.to(model.cfg.device), [t.hook for t in targets])
-            for scan in scans:
-                scan.add(acts[scan.target.hook], mask, batch, start, generator)
-            del acts
-            bar.update(batch.numel())
-    bar.close()
-    settings = {**asdict(cfg), "context_length": int(P), "window": list(cfg.window)}
+    for start, batch, mask, acts in stream_corpus(model, tokens, [t.hook for t in targets],
+                                                  batch_size=cfg.batch_size, include_bos=cfg.include_bos,
+                                                  progress=progress, desc="dashboard"):
+        for scan in scans:
+            scan.add(acts[scan.target.hook], mask, batch, start, generator)
+    settings = {**asdict(cfg), "context_length": int(tokens.shape[1]), "window": list(cfg.window)}
     return [_layer_dashboard(model, scan, cfg, corpus_name, settings) for scan in scans]
-
-
-def hook_batch(model: "HookedTransformer", tokens: "torch.Tensor", hooks: Sequence[str]) -> dict[str, "torch.Tensor"]:
-    """``{hook: [batch, pos, width]}`` for several hooks from one forward pass that stops
-    after the last of them (:func:`~trajectory.features.real_activations.stop_layer`)."""
-    seen: dict[str, Any] = {}
-
-    def grab(act, hook):
-        seen[hook.name] = act
-        return act
-
-    stops = [stop_layer(h) for h in hooks]
-    stop = None if any(s is None for s in stops) else max(stops)
-    model.run_with_hooks(tokens, stop_at_layer=stop, fwd_hooks=[(h, grab) for h in dict.fromkeys(hooks)],
-                         return_type=None)
-    missing = [h for h in hooks if h not in seen]
-    if missing:
-        raise ValueError(f"hook(s) {missing} did not fire on a forward pass of {model.cfg.model_name}")
-    return seen
 
 
 def decoder_neighbours_topk(sae: "SAE", features: Sequence[int], n: int, chunk: int = 256
@@ -282,17 +230,13 @@ def _layer_dashboard(model: "HookedTransformer", scan: LayerScan, cfg: Dashboard
                      settings: dict[str, Any]) -> LayerDashboard:
     """The :class:`LayerDashboard` of a finished scan (logit effects and neighbours in chunks)."""
     t, feats, n_tok = scan.target, scan.feats, max(scan.n_tokens, 1)
-    effects: dict[int, Any] = {}
-    for s in range(0, len(feats), cfg.feature_chunk):
-        effects.update(logit_effects(model, t.sae, feats[s : s + cfg.feature_chunk], k=cfg.n_logits,
-                                     final_norm=cfg.final_norm))
+    effects = chunked_logit_effects(model, t.sae, feats, k=cfg.n_logits, final_norm=cfg.final_norm,
+                                    chunk=cfg.feature_chunk)
     neighbours = decoder_neighbours_topk(t.sae, feats, cfg.n_neighbours, cfg.feature_chunk)
     cards = []
     for j, f in enumerate(feats):
-        na, top = int(scan.n_active[j]), float(scan.max[j]) if scan.n_active[j] else 0.0
-        counts = scan.hist[j].tolist()
-        first = next((i for i, c in enumerate(counts) if c), 0)
-        last = max((i for i, c in enumerate(counts) if c), default=-1)
+        na, top = int(scan.n_active[j]), scan.max_activation(j)
+        first, counts = scan.histogram(j)
         examples = [_card_example(scan.top.ids[r, j], scan.top.acts[r, j], scan.top.before, int(scan.top.chunk[r, j]),
                                   int(scan.top.position[r, j]))
                     for r in range(scan.top.values.shape[0]) if math.isfinite(float(scan.top.values[r, j]))]
@@ -301,7 +245,7 @@ def _layer_dashboard(model: "HookedTransformer", scan: LayerScan, cfg: Dashboard
             feature=f, explanation=t.explanations.get(f), density=round_sig(na / n_tok), n_active=na,
             max_activation=round_sig(top), mean_activation=round_sig(float(scan.act_sum[j]) / n_tok),
             mean_active=round_sig(float(scan.act_sum[j]) / na) if na else 0.0,
-            hist_start=first, histogram=counts[first : last + 1], examples=examples,
+            hist_start=first, histogram=counts, examples=examples,
             bands=_bands(scan.sample.examples(j), top, cfg),
             top_logits=[(s, round_sig(v)) for s, v in effects[f][0]],
             bottom_logits=[(s, round_sig(v)) for s, v in effects[f][1]],

@@ -9,6 +9,8 @@
 
 - :mod:`~trajectory.features.spec`: feature sets as users write them (``"0-10,50"``);
 - :mod:`~trajectory.features.config`: :class:`RealConfig`, :class:`SyntheticConfig`;
+- :mod:`~trajectory.features.corpus_scan`: the streaming corpus scan shared with the
+  dashboard (:class:`FeatureScan`, :class:`TopExamples`);
 - :mod:`~trajectory.features.real_activations`: :func:`real` (a corpus scan);
 - :mod:`~trajectory.features.synthetic_activations`: :func:`synthetic` (optimised inputs);
 - :mod:`~trajectory.features.logits`: :func:`logit_effects` of decoder directions, their nearest neighbours;

@@ -38,8 +38,10 @@ class RealConfig:
         window: tokens kept ``(before, after)`` the peak token in each example
             (clipped to the chunk).
         n_logits: promoted / suppressed tokens listed per feature.
-        n_bins: bins of the histogram of non-zero activations (``0 .. max``, or
-            ``min .. max`` when some are negative).
+        n_bins: at most this many bins in the histogram of non-zero activations: the
+            scan counts them in fixed log-spaced bins
+            (:data:`trajectory.features.corpus_scan.HIST_EDGES`, 20 per decade from 1e-4;
+            smaller or negative values in the first), merged in equal runs to fit.
         final_norm: how logit effects treat the final norm, ``"weight"`` or
             ``"ignore"`` (see :func:`trajectory.features.logits.logit_effects`).
         include_bos: count BOS positions (default: excluded).

@@ -41,7 +41,7 @@ DPI = 100
 FEATURE_SIZE = (14, 10)  # inches -> 1400 x 1000 px
 SUMMARY_SIZE = (14, 8)
 #: titles of the panels tests and readers look for
-HISTOGRAM_TITLE = "histogram of non-zero activations"
+HISTOGRAM_TITLE = "histogram of non-zero activations (log bins)"
 DECODER_NORM_TITLE = "decoder norm"
 NEIGHBOUR_TITLE = "cosine to the nearest other feature's decoder direction"
 
@@ -174,6 +174,8 @@ def _draw_activity(ax, s: FeatureStats) -> None:
             ax.bar(edges[:-1], s.histogram_counts, width=[b - a for a, b in zip(edges[:-1], edges[1:])], align="edge",
                    color="tab:red", alpha=0.8)
             ax.set_yscale("log" if max(s.histogram_counts) > 50 else "linear")
+            if edges[0] > 0:  # the real scan's bins are log-spaced (trajectory.features.corpus_scan.HIST_EDGES)
+                ax.set_xscale("log")
         else:
             ax.text(0.5, 0.5, "no non-zero activations", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(HISTOGRAM_TITLE, fontsize=11)

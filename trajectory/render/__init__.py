@@ -3,7 +3,11 @@ interactive HTML (plotly) that opens offline.
 
 - :func:`render_png` / :func:`render_html`: a trajectory graph (``trajectory.graph``);
 - :func:`evolution_plot_png` / :func:`evolution_plot_html`: the rank of each feature
-  across the steps of one (layer, prefix length), newcomers highlighted.
+  across the steps of one (layer, prefix length), newcomers highlighted;
+- :mod:`~trajectory.render.feature_links`: links from feature ids to feature dashboard
+  cards (``render_html(..., dashboard=DIR)``);
+- :mod:`~trajectory.render.aggregate` / :mod:`~trajectory.render.diff`: the aggregated
+  feature-flow graph and the diff graph of two prompts.
 
 HTML pages load plotly.js per their ``plotly_js`` argument (:mod:`trajectory.render.page`):
 ``"directory"`` (default: one shared ``plotly.min.js`` beside the pages), ``"inline"``,

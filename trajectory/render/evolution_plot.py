@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from trajectory.render.feature_links import DashboardLinks, PageLinks
 from trajectory.render.page import write_page
 from trajectory.render.style import display_token, html_text, wrap
 
@@ -254,11 +255,28 @@ def _template_text(text: str) -> str:
     return text.replace("%", "&#37;")
 
 
-def _evolution_traces(lines: RankLines) -> list:
+def _feature_panel(lines: RankLines, i: int, links: PageLinks) -> str:
+    """Click-panel text of feature row ``i``: id linked to its dashboard card, final rank,
+    first step and the whole explanation (renderer markup; outside text escaped)."""
+    f = lines.features[i]
+    final = lines.ranks[i, lines.final_step]
+    head = f"<b>{links.feature_html(lines.layer, f)}</b>" + (" (newcomer)" if f in lines.newcomers else "")
+    head += f" · final rank {int(final)}" if not math.isnan(final) else " · absent at the final step"
+    step = lines.first_step(i) if f in lines.newcomers else None
+    if step is not None:  # the key token that brought the newcomer (step j + 1 adds key j), or the MLP
+        head += (f" · from key {step - 1} '{html_text(display_token(lines.tokens[step - 1], max_len=40))}'"
+                 if step <= lines.n else " · from the MLP")
+    out = [head] + ["&nbsp;&nbsp;&nbsp;" + html_text(t) for t in wrap(lines.explanations.get(f) or "", 80) if t]
+    note = links.note(lines.layer, [f])
+    return "<br>".join(out + ([f"<i>{html_text(note)}</i>"] if note else []))
+
+
+def _evolution_traces(lines: RankLines, links: PageLinks | None = None) -> list:
     """One trace per feature: grey for the others (one legend entry for all), coloured and
     named for the newcomers. The hover text is one template per trace (feature, newcomer,
     explanation) filled per point with the step, rank and activation, so a page with
-    explanations stays small."""
+    explanations stays small. With ``links``, a click on a line pins its feature (linked
+    to its dashboard card) in the side panel."""
     import plotly.graph_objects as go
 
     S = lines.n + 2
@@ -281,6 +299,8 @@ def _evolution_traces(lines: RankLines) -> list:
                       # 4 significant digits: the hover shows 3, and the page stays small
                       customdata=[None if y is None else float(f"{lines.activations[i, s]:.4g}")
                                   for s, y in enumerate(ys)])
+        if links is not None:
+            common["meta"] = _feature_panel(lines, i, links)
         if f in new:
             c = lines.newcomers.index(f)
             name = f"{f} → rank {int(lines.ranks[i, lines.final_step])}"
@@ -295,14 +315,15 @@ def _evolution_traces(lines: RankLines) -> list:
     return traces
 
 
-def build_evolution_figure(lines: RankLines, *, title: str | None = None):
-    """The plotly ``Figure`` of an evolution plot (what :func:`evolution_plot_html` writes)."""
+def build_evolution_figure(lines: RankLines, *, title: str | None = None, links: PageLinks | None = None):
+    """The plotly ``Figure`` of an evolution plot (what :func:`evolution_plot_html` writes);
+    ``links``: a click on a line pins its feature, linked to its dashboard card."""
     import plotly.graph_objects as go
 
     S = lines.n + 2
     labels = [html_text(s) for s in lines.step_labels()]
     x = list(range(S))
-    traces = _evolution_traces(lines)
+    traces = _evolution_traces(lines, links)
     max_rank = float(np.nanmax(lines.ranks)) if np.isfinite(lines.ranks).any() else float(lines.T)
     ticks = _y_ticks(max(max_rank, lines.T))
     head, sub = _titles(lines, title)
@@ -332,16 +353,27 @@ def build_evolution_figure(lines: RankLines, *, title: str | None = None):
 
 
 def evolution_plot_html(evo, layer: int, n: int, path: str | Path, *, title: str | None = None,
-                        plotly_js: str | Path = "directory", **lines_options: Any) -> Path:
+                        plotly_js: str | Path = "directory", dashboard: "str | Path | DashboardLinks | None" = None,
+                        **lines_options: Any) -> Path:
     """Write the evolution plot of (layer, n) as an HTML page (atomically); returns the path.
 
     Hover a point for the feature, step, rank, activation and explanation. ``plotly_js``
     as for :func:`trajectory.render.render_html` (default ``"directory"``: one shared
     ``plotly.min.js`` beside the page; a path to a ``.js`` file lets pages of several
-    folders share one copy). Other options as :func:`evolution_plot_png`.
+    folders share one copy). ``dashboard``: a feature dashboard folder (or its
+    :class:`~trajectory.render.feature_links.DashboardLinks`): a click on a line pins its
+    feature in a side panel with a link to its card (relative to the page where possible).
+    Other options as :func:`evolution_plot_png`.
     """
     lines = rank_lines(evo, layer, n, **lines_options)
     head, _ = _titles(lines, title)
-    return write_page(build_evolution_figure(lines, title=title), path, div_id=EVOLUTION_DIV_ID, title=head,
-                      plotly_js=plotly_js, height="720px",
+    links = None
+    if dashboard is not None:
+        if not isinstance(dashboard, DashboardLinks):
+            dashboard = DashboardLinks.open(dashboard, [layer])
+            dashboard.warn_unlinked({layer: lines.newcomers})
+        links = dashboard.for_page(path)
+    hint = "Click a line to pin its feature, linked to its dashboard card, in a side panel." if links else ""
+    return write_page(build_evolution_figure(lines, title=title, links=links), path, div_id=EVOLUTION_DIV_ID,
+                      title=head, plotly_js=plotly_js, height="720px", hint=hint,
                       config={"scrollZoom": True, "displaylogo": False, "responsive": True})

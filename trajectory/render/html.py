@@ -5,8 +5,9 @@ layer and the newcomer features that arrived there (the strongest
 :data:`MAX_HOVER_FEATURES`, with activation, final rank, the key token that brought each
 one and the start of its explanation); hover anywhere along an edge for the features it
 carries. A click on a node or an edge pins its full list, explanations whole, in a side
-panel. Where two edges cross at a hover point of both, its tooltip names both (their
-features on click).
+panel; with ``dashboard=`` (a feature dashboard folder, :mod:`trajectory.render.feature_links`)
+each feature id there links to its card. Where two edges cross at a hover point of both,
+its tooltip names both (their features on click).
 
 The page loads plotly.js per ``plotly_js`` (:mod:`trajectory.render.page`): by default
 from one shared ``plotly.min.js`` next to it, so it opens offline.
@@ -21,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from trajectory.render.feature_links import DashboardLinks, PageLinks, graph_feature_layers
 from trajectory.render.page import write_page
 from trajectory.render.style import (
     GraphView,
@@ -55,15 +57,19 @@ def _tok(view: GraphView, i: int) -> str:
     return html_text(f"'{display_token(view.token(int(i)), max_len=40)}'")
 
 
-def _feature_lines(view: GraphView, feats: Iterable[Mapping[str, Any]], *, with_source: bool, full: bool) -> list[str]:
+def _feature_lines(view: GraphView, feats: Iterable[Mapping[str, Any]], *, with_source: bool, full: bool,
+                   layer: int = -1, links: PageLinks | None = None) -> list[str]:
     """One line per feature (strongest first) with its explanation: the first
-    :data:`MAX_HOVER_FEATURES` and one explanation line each for a tooltip, all of it when ``full``."""
+    :data:`MAX_HOVER_FEATURES` and one explanation line each for a tooltip, all of it when
+    ``full`` (the click panel; there each feature id links to its dashboard card at
+    ``layer`` when ``links`` has one)."""
     feats = sorted(feats, key=lambda f: (int(f.get("rank", 0) or 0), int(f.get("feature", 0))))
     shown = feats if full else feats[:MAX_HOVER_FEATURES]
     lines = []
     for f in shown:
-        head = (f"#{int(f.get('rank', 0))} feature {int(f.get('feature', -1))}"
-                f" · act {float(f.get('activation', 0.0)):.3g}")
+        fid = int(f.get("feature", -1))
+        name = links.feature_html(layer, fid) if (links is not None and full) else f"feature {fid}"
+        head = f"#{int(f.get('rank', 0))} {name} · act {float(f.get('activation', 0.0)):.3g}"
         if with_source and f.get("source_token") is not None:
             head += f" · from key {int(f['source_token'])} {_tok(view, f['source_token'])}"
         if f.get("first_step") is not None:
@@ -83,17 +89,28 @@ def _arrivals(n: int, how: str) -> str:
     return f"{n} newcomer feature{'s' if n != 1 else ''} through {how}:"
 
 
-def node_hover(view: GraphView, node, d: Mapping[str, Any], *, full: bool = False) -> str:
+def _link_note(links: PageLinks | None, layer: int, feats: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The panel's line saying why some features have no dashboard link (none: ``[]``)."""
+    note = links.note(layer, [int(f.get("feature", -1)) for f in feats]) if links is not None else None
+    return [f"<i>{html_text(note)}</i>"] if note else []
+
+
+def node_hover(view: GraphView, node, d: Mapping[str, Any], *, full: bool = False,
+               links: PageLinks | None = None) -> str:
     """Hover text of one node (plotly HTML subset; all outside text escaped); ``full``:
-    every feature and whole explanations (the click panel)."""
+    every feature and whole explanations (the click panel), feature ids linked to their
+    dashboard cards with ``links``."""
     t, layer = int(d.get("token_index", node[0])), int(d.get("layer", node[1]))
     lines = [f"<b>{_tok(view, t)}</b> · token {t} · {layer_label(layer)}"]
     new = list(d.get("newcomers") or [])
     mlp = list(d.get("mlp_newcomers") or [])
+    opts = dict(full=full, layer=layer, links=links)
     if new:
-        lines += [_arrivals(len(new), "attention")] + _feature_lines(view, new, with_source=True, full=full)
+        lines += [_arrivals(len(new), "attention")] + _feature_lines(view, new, with_source=True, **opts)
     if mlp:
-        lines += [_arrivals(len(mlp), "the MLP")] + _feature_lines(view, mlp, with_source=False, full=full)
+        lines += [_arrivals(len(mlp), "the MLP")] + _feature_lines(view, mlp, with_source=False, **opts)
+    if full:
+        lines += _link_note(links, layer, new + mlp)
     if not new and not mlp:
         out = sorted(view.g.successors(node))
         if out:
@@ -104,9 +121,11 @@ def node_hover(view: GraphView, node, d: Mapping[str, Any], *, full: bool = Fals
     return "<br>".join(lines)
 
 
-def edge_hover(view: GraphView, u, v, d: Mapping[str, Any], *, full: bool = False, heading: bool = False) -> str:
-    """Hover text of one edge ``(t, L-1) → (q, L)``; ``full`` as in :func:`node_hover`;
-    ``heading``: only its two heading lines (where several edges share a tooltip)."""
+def edge_hover(view: GraphView, u, v, d: Mapping[str, Any], *, full: bool = False, heading: bool = False,
+               links: PageLinks | None = None) -> str:
+    """Hover text of one edge ``(t, L-1) → (q, L)``; ``full`` and ``links`` as in
+    :func:`node_hover`; ``heading``: only its two heading lines (where several edges share
+    a tooltip)."""
     t, q = int(d.get("source_token", u[0])), int(d.get("target_token", v[0]))
     layer = int(d.get("layer", v[1]))
     count = int(d.get("num_trajectories", 0))
@@ -121,18 +140,22 @@ def edge_hover(view: GraphView, u, v, d: Mapping[str, Any], *, full: bool = Fals
                      f"{float(d.get('knockout_logit_delta') or 0):+.3g}; newcomers lost "
                      f"{float(d.get('newcomers_lost') or 0):.0%}")
     if not heading:
-        lines += _feature_lines(view, d.get("features") or [], with_source=False, full=full)
+        feats = list(d.get("features") or [])
+        lines += _feature_lines(view, feats, with_source=False, full=full, layer=layer, links=links)
+        if full:
+            lines += _link_note(links, layer, feats)
     return "<br>".join(lines)
 
 
-def build_figure(g, *, title: str | None = None):
-    """The plotly ``Figure`` of a trajectory graph (what :func:`render_html` writes)."""
+def build_figure(g, *, title: str | None = None, links: PageLinks | None = None):
+    """The plotly ``Figure`` of a trajectory graph (what :func:`render_html` writes);
+    ``links``: the click panel links feature ids to their dashboard cards."""
     import plotly.graph_objects as go
 
     view = GraphView(g)
-    traces = _edge_traces(view)
+    traces = _edge_traces(view, links)
     if g.number_of_nodes():
-        traces.append(_node_trace(g, view))
+        traces.append(_node_trace(g, view, links))
     traces += _legend_traces(view)
     fig = go.Figure(traces)
     fig.update_layout(**_layout(view, title))
@@ -181,7 +204,7 @@ def hover_points(view: GraphView) -> list[tuple[float, float, tuple[int, ...]]]:
     return [(x, y, tuple(sorted(set(here), reverse=True))) for (x, y), here in at.items()]  # edges(): weakest first
 
 
-def _edge_traces(view: GraphView) -> list:
+def _edge_traces(view: GraphView, links: PageLinks | None = None) -> list:
     """Edge lines, one trace per (best rank, count) so each gets its colour and width;
     then one invisible hover trace per edge (or set of crossing edges) with its points
     along the edge, its tooltip and its click text; and the rank colour bar."""
@@ -216,7 +239,7 @@ def _edge_traces(view: GraphView) -> list:
         else:  # crossing edges: a short tooltip naming each, their features on click
             tip = (f"<b>{len(here)} edges cross here</b> (click for their features)<br>"
                    + _SEPARATOR.join(edge_hover(view, *edges[i], heading=True) for i in here))
-        panel = _SEPARATOR.join(edge_hover(view, *edges[i], full=True) for i in here)
+        panel = _SEPARATOR.join(edge_hover(view, *edges[i], full=True, links=links) for i in here)
         traces.append(go.Scatter(
             # 1/10000 of a column or row is far below a pixel; fewer digits, a smaller page
             x=[round(p[0], 4) for p in pts], y=[round(p[1], 4) for p in pts], mode="markers", showlegend=False,
@@ -237,7 +260,7 @@ def _edge_traces(view: GraphView) -> list:
     return traces
 
 
-def _node_trace(g, view: GraphView):
+def _node_trace(g, view: GraphView, links: PageLinks | None = None):
     """Nodes sized by their newcomer count (grey where none arrived), with hover and click text."""
     import plotly.graph_objects as go
 
@@ -250,7 +273,7 @@ def _node_trace(g, view: GraphView):
     return go.Scatter(
         x=[view.xy(n)[0] for n, _ in nodes], y=[view.xy(n)[1] for n, _ in nodes], mode="markers", name="nodes",
         hovertext=[node_hover(view, n, d) for n, d in nodes], hoverinfo="text", showlegend=False,
-        meta=[node_hover(view, n, d, full=True) for n, d in nodes], customdata=list(range(len(nodes))),
+        meta=[node_hover(view, n, d, full=True, links=links) for n, d in nodes], customdata=list(range(len(nodes))),
         marker=dict(size=sizes, color=colours, line=dict(color="white", width=1)),
     )
 
@@ -317,7 +340,21 @@ def _layout(view: GraphView, title: str | None) -> dict:
     )
 
 
-def render_html(g, path: str | Path, *, title: str | None = None, plotly_js: str | Path = "directory") -> Path:
+def dashboard_links(dashboard: "str | Path | DashboardLinks | None", g, page: str | Path) -> PageLinks | None:
+    """The dashboard links of graph ``g``'s page at ``page``: ``dashboard`` is a dashboard
+    folder (opened here; warns about missing pages and cards of the graph's features), an
+    already opened :class:`DashboardLinks`, or ``None`` (no links)."""
+    if dashboard is None:
+        return None
+    if not isinstance(dashboard, DashboardLinks):
+        wanted = graph_feature_layers(g)
+        dashboard = DashboardLinks.open(dashboard, wanted)
+        dashboard.warn_unlinked(wanted)
+    return dashboard.for_page(page)
+
+
+def render_html(g, path: str | Path, *, title: str | None = None, plotly_js: str | Path = "directory",
+                dashboard: "str | Path | DashboardLinks | None" = None) -> Path:
     """Write a trajectory graph as an interactive HTML page (atomically); returns the path.
 
     Parameters
@@ -330,14 +367,23 @@ def render_html(g, path: str | Path, *, title: str | None = None, plotly_js: str
         ``plotly.min.js`` beside the page, written if missing or different; opens
         offline), ``"inline"`` (a self-contained page of about 5 MB), ``"cdn"`` (needs the
         network), or a path to a shared ``.js`` copy (see :mod:`trajectory.render.page`).
+    dashboard: a feature dashboard folder (``trajectory dashboard --out``) or its
+        :class:`~trajectory.render.feature_links.DashboardLinks`: the click panel then
+        links each feature id to its card, ``<dashboard>/layer_06.html#f123``, relative
+        to the page where possible (move the two folders together). Layers without a
+        page and features without a card are logged and named in the panel, unlinked.
     """
     view = GraphView(g)
+    links = dashboard_links(dashboard, g, path)
     page_title = title if title is not None else "trajectory graph: " + prompt_text(view.tokens, max_len=80)
+    hint = ("Hover a node or any point of an edge for its strongest features; click it to pin the full list "
+            "in a side panel")
+    hint += (f", where each feature id links to its card in the feature dashboard ({links.links.folder})."
+             if links is not None else ".")
     return write_page(
-        build_figure(g, title=title), path, div_id=GRAPH_DIV_ID, title=page_title, plotly_js=plotly_js,
+        build_figure(g, title=title, links=links), path, div_id=GRAPH_DIV_ID, title=page_title, plotly_js=plotly_js,
         height=f"{page_height(view)}px",
         config={"scrollZoom": True, "displaylogo": False, "responsive": True,
                 "toImageButtonOptions": {"format": "png", "filename": "trajectory_graph", "scale": 2}},
-        hint="Hover a node or any point of an edge for its strongest features; click it to pin the full list "
-             "in a side panel.",
+        hint=hint,
     )

@@ -18,10 +18,12 @@ a path to a ``.js`` file
     one copy: ``graph/evolution/layer_02.html`` with
     ``plotly_js="graph/plotly.min.js"`` loads ``../plotly.min.js``.
 
-Pages also get a side panel that a click on a point fills with that point's full text:
+Pages also get a side panel, beside the plot (which narrows to make room), that a click
+on a point fills with that point's full text:
 the trace's ``meta`` when it is a string (one text for all its points), or
 ``meta[customdata]`` when ``meta`` is a list (one text per point). Those strings are plotly's HTML subset built by the
-renderers, with every outside text escaped (:func:`trajectory.render.style.html_text`).
+renderers, with every outside text escaped (:func:`trajectory.render.style.html_text`);
+with a feature dashboard they also hold links to its cards (:mod:`trajectory.render.feature_links`).
 """
 from __future__ import annotations
 
@@ -42,11 +44,16 @@ PLOTLY_JS_FILE = "plotly.min.js"
 
 _STYLE = """
   body { margin: 0; font-family: "DejaVu Sans", Arial, sans-serif; }
-  #point-panel { position: fixed; top: 8px; right: 8px; width: min(430px, 40vw); max-height: calc(100vh - 16px);
-    overflow: auto; background: #ffffff; border: 1px solid #999999; border-radius: 4px; padding: 8px 10px;
-    font: 12px "DejaVu Sans Mono", monospace; box-shadow: 0 2px 8px rgba(0,0,0,0.25); z-index: 10; }
+  /* the panel sits beside the plot (which narrows to make room), never over it */
+  .plot-row { display: flex; align-items: flex-start; }
+  .plot-cell { flex: 1 1 auto; min-width: 0; order: 0; }
+  #point-panel { order: 1; flex: 0 0 min(430px, 40vw); box-sizing: border-box; position: sticky; top: 8px;
+    margin: 8px 8px 0 0; max-height: calc(100vh - 16px); overflow: auto; background: #ffffff; border: 1px solid #999999;
+    border-radius: 4px; padding: 8px 10px; font: 12px "DejaVu Sans Mono", monospace;
+    box-shadow: 0 2px 8px rgba(0,0,0,0.25); }
   #point-panel[hidden] { display: none; }
   #point-panel button { float: right; margin-left: 6px; }
+  #point-panel a { color: #1a5fb4; }
   .page-hint { margin: 0 12px 8px; font-size: 12px; color: #555555; }
 """
 
@@ -54,14 +61,19 @@ _STYLE = """
 _PANEL_SCRIPT = """
 var gd = document.getElementById('{plot_id}');
 var panel = document.getElementById('point-panel'), body = document.getElementById('point-panel-body');
-document.getElementById('point-panel-close').onclick = function () { panel.hidden = true; };
+function show(on) {
+  if (panel.hidden === !on) { return; }
+  panel.hidden = !on;
+  Plotly.Plots.resize(gd);  /* the plot takes the room the panel frees or needs */
+}
+document.getElementById('point-panel-close').onclick = function () { show(false); };
 gd.on('plotly_click', function (ev) {
   var p = ev.points && ev.points[0];
   var meta = p && p.data.meta, text = Array.isArray(meta) ? meta[p.customdata] : meta;
   if (typeof text !== 'string') { return; }
   /* the texts are the renderer's own markup, outside text already escaped */
   body.innerHTML = text;
-  panel.hidden = false;
+  show(true);
 });
 """
 
@@ -133,7 +145,9 @@ def write_page(
     )
     hint_html = f'<p class="page-hint">{html_text(hint)}</p>' if hint else ""
     page = (f'<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n<title>{html_text(title)}</title>\n'
-            f"<style>{_STYLE}</style>\n</head>\n<body>\n{_PANEL}\n{div}\n{hint_html}\n</body>\n</html>\n")
+            # the panel comes first (the plot's script finds it), and shows on the right (CSS order)
+            f"<style>{_STYLE}</style>\n</head>\n<body>\n<div class=\"plot-row\">{_PANEL}\n<div class=\"plot-cell\">\n"
+            f"{div}\n</div></div>\n{hint_html}\n</body>\n</html>\n")
     with atomic_write(path) as fh:
         fh.write(page)
     return path
