@@ -35,6 +35,9 @@ _MODULES = {
     "interventions.hooks": ("steered",),
     "interventions.steering": ("steer", "SteeringResult"),
     "interventions.knockout": ("edge_effects",),
+    "training.config": ("TrainConfig",),
+    "training.train": ("train_saes",),
+    "training.from_store": ("train_on_store",),
 }
 
 

@@ -137,3 +137,14 @@ def test_two_preloads_into_one_bank_keep_both_runs_layers(tmp_path):
     for layer in range(4):
         ref = random_sae(32, 64, seed=layer, hook_name=f"blocks.{layer}.hook_resid_post")
         assert torch.equal(bank[layer].encode(x), ref.encode(x))
+
+
+def test_preload_refuses_a_non_residual_training_hook(tmp_path):
+    import pytest
+
+    from trajectory.saes.preload import PreloadConfig, preload_bank
+
+    config = PreloadConfig(preset="offline", layers=[0], training=TrainConfig(hook="blocks.{layer}.hook_mlp_out"))
+    with pytest.raises(ValueError, match="trajectory train --hook"):
+        preload_bank(config, tmp_path / "bank", progress=False)
+    assert not (tmp_path / "bank" / "manifest.json").exists()

@@ -69,7 +69,8 @@ def test_explanations_name_the_top_tokens(trained, tiny_model):
                 best[t] = a
         ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
         words = " ".join(f"'{tiny_model.tokenizer.decode([t]).strip()}'" for t, _ in ranked)
-        assert explanations[feature] == f"{words} (max {ranked[0][1]:.3g})"
+        # the label starts with the top tokens (context words and a snippet may follow)
+        assert explanations[feature].split(" | ")[0] == f"{words} (max {ranked[0][1]:.3g})"
         checked += 1
     assert checked > 20
 
@@ -102,6 +103,8 @@ def test_bad_arguments(tiny_model):
         train_sae(torch.randn(50, 8), d_sae=16, k=2, architecture="gated")
     with pytest.raises(ValueError, match="k must be in"):
         train_sae(torch.randn(50, 8), d_sae=16, k=32)
+    with pytest.raises(ValueError, match="k must be in"):
+        train_sae(torch.randn(50, 8), d_sae=16, k=16)
 
 
 def test_training_metadata_keys(trained):
@@ -110,7 +113,7 @@ def test_training_metadata_keys(trained):
     meta = bank.metadata["training"]
     assert list(meta) == [
         "corpus", "architecture", "d_sae", "k", "context_length", "epochs", "max_epochs", "lr", "batch_size",
-        "seed", "store_dtype", "n_train_chunks", "n_heldout_chunks", "n_corpus_chunks", "heldout_chunks",
+        "seed", "store_dtype", "hook", "expansion_factor", "n_train_chunks", "n_heldout_chunks", "n_corpus_chunks", "heldout_chunks",
         "train_chunks", "n_loss_tokens", "collect_seconds", "loss_seconds", "total_seconds", "targets",
         "layers_meeting_targets",
     ]

@@ -20,6 +20,7 @@ import sys
 SUBCOMMAND_MODULES = [
     "trajectory.cli.presets",
     "trajectory.cli.preload",
+    "trajectory.cli.train",
     "trajectory.cli.evolve",
     "trajectory.cli.graph",
     "trajectory.cli.aggregate",

@@ -50,7 +50,7 @@ def hook_batch(model: "HookedTransformer", tokens: "torch.Tensor", hooks: Sequen
     seen: dict[str, Any] = {}
 
     def grab(act, hook):
-        seen[hook.name] = act
+        seen[hook.name] = act.flatten(2) if act.dim() > 3 else act  # hook_z: heads concatenated
         return act
 
     stops = [stop_layer(h) for h in hooks]

@@ -178,8 +178,9 @@ class _Runner:
         picked = torch.stack(picked, dim=1)  # [B, P, d_model], before ln_final
         if model.cfg.normalization_type is not None:
             picked = model.ln_final(picked)  # per position, as the full forward does
-        with torch.no_grad():
-            logits = apply_softcap(model.unembed(picked), model.cfg.output_logits_soft_cap).float()
+        with torch.no_grad():  # W_U read in place: TL's Unembed copies the [d_model, d_vocab] matrix per call
+            logits = picked @ model.unembed.W_U + model.unembed.b_U
+            logits = apply_softcap(logits, model.cfg.output_logits_soft_cap).float()
         return torch.log_softmax(logits, dim=-1).cpu(), logits[:, 0, self.top].cpu()
 
 

@@ -167,9 +167,13 @@ def _resolve_saes(config: PreloadConfig, preset, todo, out: Path, device: str, p
     from trajectory.training.config import TrainConfig
     from trajectory.training.train import train_bank
 
+    training = config.training or TrainConfig()
+    if training.hook != RESID_POST_TEMPLATE:
+        raise ValueError(f"preload builds the {preset.name} preset's residual-stream bank ({RESID_POST_TEMPLATE}); "
+                         f"train SAEs at {training.hook} with `trajectory train --hook ... --out DIR` instead")
     log.info("training SAEs for layer(s) %s of %s (bank: %s)", format_layers(todo), preset.model_name, out)
     model = load_model(preset.name, device=device)
-    bank = train_bank(model, config.training or TrainConfig(), layers=todo, device=device, progress=progress)
+    bank = train_bank(model, training, layers=todo, device=device, progress=progress)
     return bank.to(dtype=config.dtype)
 
 

@@ -15,6 +15,8 @@ Example:
     Traceback (most recent call last):
     ...
     ValueError: k must be less than d_sae (16), got 32: lower k or raise d_sae
+    >>> TrainConfig(hook="blocks.{layer}.hook_mlp_out", expansion_factor=4, k=8).sae_width(640)
+    2560
 """
 from __future__ import annotations
 
@@ -24,13 +26,18 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from trajectory.hooks import RESID_POST_TEMPLATE
 from trajectory.io import jsonable
 
-#: SAE architectures :func:`~trajectory.training.train.train_sae` trains (sae-lens's names).
+#: SAE architectures :func:`~trajectory.training.sae.train_sae` trains (sae-lens's names).
 ARCHITECTURES = ("topk", "batchtopk")
-#: Decoder initialisations of :func:`~trajectory.training.train.train_sae`.
+#: Decoder initialisations of :func:`~trajectory.training.sae.train_sae`.
 INITS = ("data", "random")
 STORE_DTYPES = ("float32", "float16")
+#: Hooks SAEs can be trained at (TransformerLens names, ``{layer}`` = the block). ``attn.hook_z``
+#: is ``[pos, n_heads, d_head]``; its SAE reads all heads concatenated (``n_heads * d_head``).
+HOOK_TEMPLATES = tuple(f"blocks.{{layer}}.{name}" for name in (
+    "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "attn.hook_z"))
 
 #: Quality targets of the default offline bank (held-out text), reported in its manifest.
 #: A layer under ``explained_variance_min`` after one pass is trained again with more.
@@ -39,11 +46,15 @@ TARGETS = {"explained_variance_min": 0.8, "l0_max": 64.0, "dead_fraction_max": 0
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings of :func:`~trajectory.training.train.train_bank` (unset fields: the defaults).
+    """Settings of :func:`~trajectory.training.train.train_saes` (unset fields: the defaults).
 
     Attributes:
-        d_sae: features per SAE.
+        d_sae: features per SAE (unless ``expansion_factor`` is set).
         k: active features per token (TopK), or on average (BatchTopK); ``k < d_sae``.
+        hook: where the SAEs read, a template of :data:`HOOK_TEMPLATES` (default: the
+            residual stream after each block, like Gemma Scope).
+        expansion_factor: when set, ``d_sae = round(expansion_factor * d_in)`` (``d_in`` the
+            hook's width), overriding ``d_sae``.
         architecture: ``"topk"`` (inference class ``TopKSAE``) or ``"batchtopk"``
             (inference class ``JumpReLUSAE``).
         corpus: spec for :func:`trajectory.training.corpus.load_corpus` (``None``: the
@@ -68,6 +79,9 @@ class TrainConfig:
         init: ``"data"`` (decoder rows start at directions of training samples) or
             ``"random"`` (sae-lens's own init).
         targets: quality targets (keys of :data:`TARGETS`).
+        ram_budget_bytes: one hook's activations up to this size are copied into RAM for
+            training; larger ones are read batch by batch from the memory-mapped store
+            (same results, more disk reads). ``None``: no limit.
     """
 
     d_sae: int = 2048
@@ -88,6 +102,9 @@ class TrainConfig:
     dead_feature_window: int = 10
     init: str = "data"
     targets: Mapping[str, float] = field(default_factory=lambda: dict(TARGETS))
+    hook: str = RESID_POST_TEMPLATE
+    expansion_factor: float | None = None
+    ram_budget_bytes: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("d_sae", "k", "context_length", "n_train_tokens", "n_heldout_tokens", "batch_size",
@@ -95,8 +112,14 @@ class TrainConfig:
             self._set(name, _positive_int(name, getattr(self, name)))
         if self.context_length < 2:
             raise ValueError(f"context_length must be at least 2 (BOS and one token), got {self.context_length}")
-        if self.k >= self.d_sae:
+        if self.expansion_factor is None and self.k >= self.d_sae:
             raise ValueError(f"k must be less than d_sae ({self.d_sae}), got {self.k}: lower k or raise d_sae")
+        if self.expansion_factor is not None:
+            self._set("expansion_factor", _positive_float("expansion_factor", self.expansion_factor))
+        if self.ram_budget_bytes is not None:
+            self._set("ram_budget_bytes", _positive_int("ram_budget_bytes", self.ram_budget_bytes))
+        if self.hook not in HOOK_TEMPLATES:
+            raise ValueError(f"hook must be one of {list(HOOK_TEMPLATES)}, got {self.hook!r}")
         _check_choice("architecture", self.architecture, ARCHITECTURES)
         _check_choice("init", self.init, INITS)
         _check_choice("store_dtype", self.store_dtype, STORE_DTYPES)
@@ -120,6 +143,16 @@ class TrainConfig:
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)  # frozen: normalise during __post_init__ only
+
+    def sae_width(self, d_in: int) -> int:
+        """``d_sae`` of an SAE reading ``d_in``-wide activations (``expansion_factor * d_in``
+        when set); raises ``ValueError`` when ``k`` does not fit under it."""
+        d_sae = max(1, round(self.expansion_factor * d_in)) if self.expansion_factor is not None else self.d_sae
+        if self.k >= d_sae:
+            how = f"expansion factor {self.expansion_factor:g} x d_in {d_in}" if self.expansion_factor else "d_sae"
+            raise ValueError(f"k must be less than d_sae ({d_sae} = {how}), got k={self.k}: "
+                             "lower k or raise the width (--expansion-factor / --d-sae)")
+        return d_sae
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting as plain JSON (for manifests and provenance)."""

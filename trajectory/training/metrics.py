@@ -1,14 +1,16 @@
 """Quality of trained SAEs on held-out text: L0, explained variance, dead features, spliced loss.
 
-:func:`evaluate_sae` measures reconstruction on stored activations; :func:`spliced_losses`
-measures what the model loses when one layer's residual stream is replaced by its SAE
-reconstruction; :func:`meets_targets` checks one layer against :data:`TARGETS`.
+:func:`evaluate_sae` measures reconstruction on stored activations; :func:`hook_losses`
+measures what the model loses when one layer's hook (any hook, ``attn.hook_z``
+included) is replaced by its SAE reconstruction, beside the clean and zero-ablated
+losses; :func:`meets_targets` checks one layer against :data:`TARGETS`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
-from trajectory.hooks import RESID_POST_TEMPLATE, hook_from_template
+from trajectory.hooks import RESID_POST_TEMPLATE, hook_from_template, layer_of
 from trajectory.training.config import TARGETS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -16,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from sae_lens import SAE
     from transformer_lens import HookedTransformer
 
-__all__ = ["TARGETS", "evaluate_sae", "meets_targets", "spliced_losses"]
+__all__ = ["TARGETS", "HookLosses", "evaluate_sae", "hook_losses", "meets_targets", "spliced_losses"]
 
 
 def meets_targets(m: Mapping[str, Any], targets: Mapping[str, float] = TARGETS) -> bool:
@@ -28,12 +30,13 @@ def meets_targets(m: Mapping[str, Any], targets: Mapping[str, float] = TARGETS) 
     )
 
 
-def evaluate_sae(sae: "SAE", acts: "torch.Tensor", batch_size: int = 4096) -> dict[str, float]:
+def evaluate_sae(sae: "SAE", acts: Any, batch_size: int = 4096) -> dict[str, float]:
     """Reconstruction metrics of ``sae`` on ``acts``.
 
     Args:
         sae: a sae-lens SAE.
-        acts: ``[N, d_in]`` raw activations (held-out).
+        acts: ``[N, d_in]`` raw activations (held-out): a torch tensor, numpy array or
+            memmap (read in blocks).
 
     Returns:
         ``l0`` (mean active features per token), ``explained_variance``
@@ -42,13 +45,15 @@ def evaluate_sae(sae: "SAE", acts: "torch.Tensor", batch_size: int = 4096) -> di
     """
     import torch
 
-    acts = acts.float()
-    mean = acts.mean(dim=0)
+    from trajectory.training.sae import row_stats, rows
+
+    n = acts.shape[0]
+    mean, _ = row_stats(acts)
     sse = sst = l0 = 0.0
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     with torch.no_grad():
-        for start in range(0, acts.shape[0], batch_size):
-            x = acts[start : start + batch_size]
+        for start in range(0, n, batch_size):
+            x = rows(acts, start=start, stop=start + batch_size)
             f = sae.encode(x)
             recon = sae.decode(f)
             sse += float(((recon - x) ** 2).sum())
@@ -57,13 +62,24 @@ def evaluate_sae(sae: "SAE", acts: "torch.Tensor", batch_size: int = 4096) -> di
             l0 += float(active.sum())
             fired |= active.any(dim=0)
     return {
-        "l0": l0 / acts.shape[0],
+        "l0": l0 / n,
         "explained_variance": 1.0 - sse / sst if sst > 0 else float("nan"),
         "dead_fraction": float((~fired).float().mean()),
     }
 
 
-def spliced_losses(
+@dataclass
+class HookLosses:
+    """Mean next-token cross-entropy of held-out chunks: ``clean``; per layer with the
+    hook's activation replaced by the SAE reconstruction (``spliced``) and by zeros
+    (``zero_ablated``), at every non-BOS position."""
+
+    clean: float
+    spliced: dict[int, float]
+    zero_ablated: dict[int, float]
+
+
+def hook_losses(
     model: "HookedTransformer",
     chunks: "torch.Tensor",
     saes: dict[int, "SAE"],
@@ -71,32 +87,35 @@ def spliced_losses(
     hook_template: str = RESID_POST_TEMPLATE,
     batch_size: int = 4,
     progress: bool = True,
-) -> tuple[float, dict[int, float]]:
-    """Model cross-entropy clean and with one layer's hook replaced by its SAE reconstruction.
+) -> HookLosses:
+    """Model cross-entropy clean, with layer L's hook spliced by its SAE, and zero-ablated.
 
-    The SAE is applied at every non-BOS position of layer L's hook; the rest of the
-    model runs from layer L+1 on the spliced residual (``start_at_layer``), so each
-    layer costs a partial forward pass.
+    One clean pass per batch caches ``resid_pre`` of every layer; each layer's spliced
+    and zero-ablated losses re-run the model from block L (``start_at_layer``) with a
+    hook that replaces the activation at the non-BOS positions. Activations of shape
+    ``[b, pos, n_heads, d_head]`` (``attn.hook_z``) are flattened to ``n_heads * d_head``
+    for the SAE and reshaped back.
 
     Args:
         model: the model.
         chunks: ``[n, ctx]`` BOS-prefixed token ids (held-out).
         saes: layer -> SAE reading ``hook_template`` of that layer.
+        hook_template: any hook with ``{layer}``.
 
     Returns:
-        ``(clean_loss, {layer: spliced_loss})``: mean next-token CE over all predicted
-        positions of ``chunks``.
+        :class:`HookLosses` over all predicted positions of ``chunks``.
     """
     import torch
     from tqdm.auto import tqdm
 
-    if not hook_template.endswith("hook_resid_post"):
-        raise ValueError("spliced_losses splices resid_post hooks only (it restarts the model at layer L+1)")
     hooks = {layer: hook_from_template(hook_template, layer) for layer in sorted(saes)}
+    starts = {layer: f"blocks.{layer_of(hook)}.hook_resid_pre" for layer, hook in hooks.items()}
     bos = model.tokenizer.bos_token_id if model.tokenizer is not None else None
     device = next(model.parameters()).device
-    names = set(hooks.values())
-    clean_sum, spliced_sum, count = 0.0, {layer: 0.0 for layer in hooks}, 0
+    names = set(starts.values())
+    clean_sum, count = 0.0, 0
+    spliced = {layer: 0.0 for layer in hooks}
+    zeroed = {layer: 0.0 for layer in hooks}
     bar = tqdm(total=len(chunks), desc="spliced CE loss", unit="chunk", disable=not progress)
     with torch.no_grad():
         for start in range(0, len(chunks), batch_size):
@@ -106,19 +125,45 @@ def spliced_losses(
             clean_sum += float(loss) * n_pred
             mask = batch != bos if bos is not None else torch.ones_like(batch, dtype=torch.bool)
             for layer, hook in hooks.items():
-                spliced_sum[layer] += _spliced_loss(model, batch, cache[hook], saes[layer], mask, layer) * n_pred
+                resid = cache[starts[layer]]
+                for replace, sums in ((_sae_replacement(saes[layer]), spliced), (_zeros, zeroed)):
+                    sums[layer] += _loss_with(model, batch, resid, layer_of(hook), hook, mask, replace) * n_pred
             count += n_pred
             del cache
             bar.update(len(batch))
     bar.close()
-    return clean_sum / count, {layer: s / count for layer, s in spliced_sum.items()}
+    return HookLosses(clean_sum / count, {x: s / count for x, s in spliced.items()},
+                      {x: s / count for x, s in zeroed.items()})
 
 
-def _spliced_loss(model, batch, resid, sae, mask, layer: int) -> float:
-    """Mean CE of ``batch`` with ``resid`` (``[b, ctx, d_model]``, layer ``layer``'s
-    resid_post) replaced by its SAE reconstruction at the ``mask`` positions."""
-    resid = resid.clone()
-    x = resid[mask].to(sae.W_enc.device)
-    resid[mask] = sae.decode(sae.encode(x)).to(resid.device, resid.dtype)
-    # for the last block only the final norm and unembedding remain
-    return float(model(resid, start_at_layer=layer + 1, tokens=batch, return_type="loss"))
+def spliced_losses(model: "HookedTransformer", chunks: "torch.Tensor", saes: dict[int, "SAE"], *,
+                   hook_template: str = RESID_POST_TEMPLATE, batch_size: int = 4,
+                   progress: bool = True) -> tuple[float, dict[int, float]]:
+    """``(clean_loss, {layer: spliced_loss})`` of :func:`hook_losses` (same arguments)."""
+    losses = hook_losses(model, chunks, saes, hook_template=hook_template, batch_size=batch_size, progress=progress)
+    return losses.clean, losses.spliced
+
+
+def _sae_replacement(sae: "SAE"):
+    def replace(x: "torch.Tensor") -> "torch.Tensor":  # [m, D] -> [m, D]
+        return sae.decode(sae.encode(x.to(sae.W_enc.device, sae.W_enc.dtype)))
+    return replace
+
+
+def _zeros(x: "torch.Tensor") -> "torch.Tensor":
+    return x.new_zeros(x.shape)
+
+
+def _loss_with(model, batch, resid, block: int, hook: str, mask, replace) -> float:
+    """Mean CE of ``batch`` run from block ``block`` on ``resid`` (``[b, ctx, d_model]``,
+    its resid_pre) with ``hook``'s activation at the ``mask`` positions replaced by
+    ``replace(rows [m, D]) -> [m, D]`` (trailing dims flattened)."""
+
+    def splice(act, hook=None):  # noqa: ARG001 - TransformerLens passes the hook point
+        x = act[mask]  # [m, *trailing]
+        out = act.clone()
+        out[mask] = replace(x.reshape(x.shape[0], -1)).to(act.device, act.dtype).reshape(x.shape)
+        return out
+
+    return float(model.run_with_hooks(resid, start_at_layer=block, tokens=batch, return_type="loss",
+                                      fwd_hooks=[(hook, splice)]))
