@@ -24,7 +24,7 @@ _MODULES = {
     "presets": ("PRESETS", "Preset", "get_preset"),
     "saes.bank": ("SAEBank",),
     "evolution.engine": ("evolve",),
-    "evolution.batch": ("evolve_many",),
+    "evolution.batch": ("evolve_many", "evolve_batch"),
     "evolution.result": ("Evolution",),
     "newcomers": ("find_newcomers", "Newcomer"),
     "graph.build": ("trajectory_graph", "feature_graph"),

@@ -70,7 +70,11 @@ def open_bank(preset_name: str, bank_dir: str | Path | None = None, *, layers=No
 # ----------------------------------------------------------------------------- stage 2
 @dataclass
 class EvolveConfig:
-    """Settings of stage 2 (see :func:`trajectory.evolution.engine.evolve` for the method ones)."""
+    """Settings of stage 2 (see :func:`trajectory.evolution.engine.evolve` for the method ones).
+
+    ``batch_size``: prompts per forward pass for a prompt set (:func:`evolve_many`);
+    ``encode_batch_size``: step rows per SAE-encode batch (``evolve``'s ``batch_size``).
+    """
 
     preset: str = "offline"
     bank: str | None = None
@@ -82,13 +86,14 @@ class EvolveConfig:
     postnorm: str = "per_partial_sum"
     method: str = "auto"
     batch_size: int | None = None
+    encode_batch_size: int | None = None
     max_rows: int | None = 1_000_000
     allow_other_model: bool = False
 
     def engine_options(self, device: str) -> dict[str, Any]:
         """The keyword arguments of ``evolve`` / ``evolve_many``."""
         return dict(k=self.k, layers=self.layers, max_tokens=self.max_tokens, postnorm=self.postnorm,
-                    device=device, batch_size=self.batch_size, method=self.method, preset=self.preset,
+                    device=device, batch_size=self.encode_batch_size, method=self.method, preset=self.preset,
                     max_rows=self.max_rows, allow_other_model=self.allow_other_model)
 
 
@@ -183,7 +188,9 @@ def run_evolve(config: EvolveConfig, *, prompt: str | None = None, prompts: Sequ
     if prompts is not None:
         from trajectory.evolution.batch import evolve_many
 
-        paths = evolve_many(model, bank, list(prompts), target, overwrite=overwrite, progress=progress, **options)
+        options["encode_batch_size"] = options.pop("batch_size")
+        paths = evolve_many(model, bank, list(prompts), target, overwrite=overwrite, progress=progress,
+                            batch_size=config.batch_size, **options)
         return EvolveResult([Path(p) for p in paths], target, index=target / "index.json")
     from trajectory.evolution.engine import evolve
 

@@ -12,33 +12,37 @@ def test_evolve_many_resumes_after_interruption(tiny_model, tiny_bank, tmp_path,
     import trajectory.evolution.batch as batch
     from trajectory.evolution.result import Evolution
 
-    prompts = ["the dark room", "mark gave flashlight to", "smith left ."]
-    real = batch.evolve
+    prompts = ["the dark room", "mark gave flashlight to", "smith left ."]  # 4, 5, 4 tokens
+    real = batch.evolve_batch
     calls = []
 
-    def crashing(model, bank, prompt, **kw):
-        calls.append(prompt)
+    def crashing(model, bank, group, **kw):
+        calls.append(list(group))
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(model, bank, prompt, **kw)
+        return real(model, bank, group, **kw)
 
-    monkeypatch.setattr(batch, "evolve", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        evolve_many(tiny_model, tiny_bank, prompts, tmp_path, k=5, progress=False)
+    monkeypatch.setattr(batch, "evolve_batch", crashing)
+    with pytest.raises(KeyboardInterrupt):  # groups by length: [dark room, smith left], [mark gave ...]
+        evolve_many(tiny_model, tiny_bank, prompts, tmp_path, k=5, batch_size=2, progress=False)
+    assert calls[0] == [prompts[0], prompts[2]]
     first = tmp_path / prompt_file_name(prompts[0])
-    assert first.exists() and not (tmp_path / prompt_file_name(prompts[1])).exists()
+    assert first.exists() and (tmp_path / prompt_file_name(prompts[2])).exists()
+    assert not (tmp_path / prompt_file_name(prompts[1])).exists() and not (tmp_path / "index.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-written files
     mtime = first.stat().st_mtime_ns
 
     calls.clear()
-    monkeypatch.setattr(batch, "evolve", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
+    monkeypatch.setattr(batch, "evolve_batch", lambda m, b, group, **kw: (calls.extend(group), real(m, b, group, **kw))[1])
     paths = evolve_many(tiny_model, tiny_bank, prompts, tmp_path, k=5, progress=False)
-    assert len(calls) == 2  # only the two missing prompts
+    assert calls == [prompts[1]]  # only the missing prompt
     assert first.stat().st_mtime_ns == mtime
     evos = [Evolution.load(p) for p in paths]
     assert [e.tokens[1:] for e in evos] == [p.split() for p in prompts]
     assert [e.metadata["prompt"] for e in evos] == prompts
-    fresh = real(tiny_model, tiny_bank, prompts[1], k=5, progress=False)
+    from trajectory.evolution.engine import evolve
+
+    fresh = evolve(tiny_model, tiny_bank, prompts[1], k=5, progress=False)
     for L in fresh.layers:
         np.testing.assert_array_equal(evos[1].rows[L].indices, fresh.rows[L].indices)
 
@@ -70,8 +74,9 @@ def _counting(monkeypatch, calls):
     """Make ``evolve_many`` record the prompt of every evolution it computes."""
     import trajectory.evolution.batch as batch
 
-    real = batch.evolve
-    monkeypatch.setattr(batch, "evolve", lambda model, bank, prompt, **kw: (calls.append(prompt), real(model, bank, prompt, **kw))[1])
+    real = batch.evolve_batch
+    monkeypatch.setattr(batch, "evolve_batch",
+                        lambda model, bank, group, **kw: (calls.extend(group), real(model, bank, group, **kw))[1])
 
 
 def _index(folder):
@@ -209,3 +214,35 @@ def test_bank_of_another_model_is_refused_before_writing(tiny_model, tiny_bank, 
 
     evo = Evolution.load(paths[0])
     assert evo.model_name == "tiny-gemma2" and evo.metadata["bank_model_name"] == "google/gemma-3-270m"
+
+
+@pytest.mark.parametrize("hook", ["blocks.{layer}.hook_mlp_out", "blocks.{layer}.attn.hook_z",
+                                  "blocks.{layer}.hook_attn_out"])
+def test_banks_off_the_residual_stream_are_refused(tiny_model, tmp_path, hook):
+    """The evolution encodes resid_pre + attention sums: SAEs on other hooks do not fit,
+    refused (by evolve and evolve_many, before writing) with the accepted hooks named."""
+    from trajectory.evolution.engine import evolve
+    from trajectory.testing import tiny_bank
+
+    bank = tiny_bank(tiny_model, d_sae=16, hook_template=hook)
+    named = (r"reads 'blocks\.0\..*'; the evolution accepts SAEs on layer 0's residual stream only "
+             r"\(blocks\.0\.hook_resid_pre, blocks\.0\.hook_resid_mid or blocks\.0\.hook_resid_post\)")
+    with pytest.raises(ValueError, match=named):
+        evolve(tiny_model, bank, "the dark room", k=5, layers=[0], progress=False)
+    with pytest.raises(ValueError, match=named):
+        evolve_many(tiny_model, bank, ["the dark room"], tmp_path / "out", k=5, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("position", ["pre", "mid", "post"])
+def test_residual_stream_banks_are_accepted(tiny_model, position):
+    from trajectory.evolution.engine import evolve
+    from trajectory.testing import tiny_bank
+
+    bank = tiny_bank(tiny_model, d_sae=16, hook_template="blocks.{layer}.hook_resid_" + position)
+    evo = evolve(tiny_model, bank, "the dark room", k=5, layers=[1], progress=False)
+    assert evo.layers == [1] and evo.metadata["saes"]["1"]["hook_name"] == f"blocks.1.hook_resid_{position}"
+    with pytest.raises(ValueError, match="reads 'blocks.1.hook_resid_post'.*layer 0's residual stream only"):
+        shifted = tiny_bank(tiny_model, d_sae=16)
+        shifted.entries[0].hook_name = "blocks.1.hook_resid_post"  # another layer's stream
+        evolve(tiny_model, shifted, "the dark room", k=5, layers=[0], progress=False)

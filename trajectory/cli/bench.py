@@ -14,11 +14,11 @@ import importlib
 import sys
 from pathlib import Path
 
-TARGETS = ("evolve", "real", "dashboard", "edge_effects")
+TARGETS = ("evolve", "real", "dashboard", "edge_effects", "evolve_many")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks: evolve (engine vs original loop vs floor), real / dashboard (vs forward), edge_effects",
+    p = sub.add_parser("bench", help="benchmarks: evolve (engine vs original loop vs floor), real / dashboard (vs forward), edge_effects, evolve_many (batched vs one at a time)",
                        description=__doc__, add_help=True, allow_abbrev=False)
     p.add_argument("target", choices=TARGETS, help="what to benchmark")
     p.add_argument("options", nargs=argparse.REMAINDER,

@@ -5,14 +5,15 @@
 - :mod:`~trajectory.evolution.topk`: top-k selection among active features;
 - :mod:`~trajectory.evolution.encoder`: encoding every step vector by mixing in feature space;
 - :mod:`~trajectory.evolution.engine`: :func:`evolve` (one prompt);
-- :mod:`~trajectory.evolution.batch`: :func:`evolve_many` (a prompt set, resumable);
+- :mod:`~trajectory.evolution.batch`: :func:`evolve_many` (a prompt set, resumable; prompts of
+  similar length share forward passes), :func:`evolve_batch`;
 - :mod:`~trajectory.evolution.result`: :class:`Evolution`, the stage's output and its file format.
 """
 from trajectory import lazy_exports
 
 _MODULES = {
     "engine": ("evolve", "prompt_tokens"),
-    "batch": ("evolve_many",),
+    "batch": ("evolve_many", "evolve_batch", "plan_prompts", "evolve_prompts", "write_index", "Plan"),
     "result": ("Evolution",),
     "attention": ("attn_contributions", "attn_partial_sums"),
     "topk": ("select_active_topk",),

@@ -30,7 +30,7 @@ full prompt is the last position of the prefix of length q + 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
 
 from trajectory.hooks import attn_hook, resid_post, resid_pre
 
@@ -130,18 +130,69 @@ def forward_activations(
     return {L: layer_activations(cache, model, L) for L in layers}
 
 
-def layer_activations(cache: Mapping[str, "torch.Tensor"], model: "HookedTransformer", layer: int) -> LayerActivations:
-    """Pick layer ``layer``'s tensors out of a TransformerLens ``ActivationCache`` (batch 0)."""
-    L = layer
+def batch_forward_activations(
+    model: "HookedTransformer", prompts: Sequence["torch.Tensor"], layers: Sequence[int]
+) -> Iterator[tuple[int, list[LayerActivations]]]:
+    """ONE forward pass over several prompts of different lengths, one layer at a time.
+
+    The prompts (token ids ``[N_i]``, BOS included) are right-padded to ``[B, N_max]``
+    and every position is marked real (an all-ones attention mask, passed explicitly so
+    that TransformerLens never derives one from pad or BOS token ids). Right padding
+    keeps the real positions exact: with causal attention a query ``q < N_i`` attends to
+    keys ``0..q`` only, all real; rotary or learned positions count from 0 as in the
+    one-prompt run; norms and MLPs act per position. The padded positions compute
+    values nobody reads and are cut away.
+
+    The blocks run one after the other (``start_at_layer`` / ``stop_at_layer``), so at
+    any time memory holds the running residual ``[B, N_max, d_model]`` and ONE layer's
+    recorded hooks (pattern ``[B, n_heads, N_max, N_max]``, v, resid pre/post, scale).
+
+    Yields:
+        ``(layer, [LayerActivations of prompt i, sliced to its N_i positions])`` for
+        each of ``layers`` in ascending order; the slices are views of the layer's batch
+        tensors, freed once the caller drops them. Stops after the last requested layer.
+    """
+    import torch
+
+    layers = sorted({int(L) for L in layers})
+    lengths = [int(ids.shape[-1]) for ids in prompts]
+    if not lengths or min(lengths) < 1 or not layers:
+        raise ValueError("batch_forward_activations needs prompts of at least one token and at least one layer")
+    device = model.cfg.device
+    tokens = torch.zeros(len(lengths), max(lengths), dtype=torch.long)  # pad id: never read
+    for i, ids in enumerate(prompts):
+        tokens[i, : lengths[i]] = torch.as_tensor(ids, dtype=torch.long).flatten()
+    wanted = set(layers)
+    with torch.no_grad():
+        resid, _, shortformer, mask = model.input_to_embed(
+            tokens.to(device), attention_mask=torch.ones_like(tokens).to(device)
+        )
+        for L in range(layers[-1] + 1):
+            run = dict(start_at_layer=L, stop_at_layer=L + 1, shortformer_pos_embed=shortformer, attention_mask=mask)
+            if L not in wanted:
+                resid = model(resid, **run)
+                continue
+            resid, cache = model.run_with_cache(resid, names_filter=hook_names(model, [L]), **run)
+            yield L, [layer_activations(cache, model, L, batch=i, n_pos=n) for i, n in enumerate(lengths)]
+            del cache
+
+
+def layer_activations(
+    cache: Mapping[str, "torch.Tensor"], model: "HookedTransformer", layer: int, *, batch: int = 0,
+    n_pos: int | None = None,
+) -> LayerActivations:
+    """Pick layer ``layer``'s tensors out of a TransformerLens ``ActivationCache``: prompt
+    ``batch`` of the batch, its first ``n_pos`` positions (default: all)."""
+    L, b, n = layer, batch, n_pos
     scale = None
     if has_postnorm(model, L):
-        scale = cache[_postnorm_scale(L)][0, :, 0]
+        scale = cache[_postnorm_scale(L)][b, :n, 0]
     return LayerActivations(
         layer=L,
-        resid_pre=cache[resid_pre(L)][0],
-        resid_post=cache[resid_post(L)][0],
-        pattern=cache[attn_hook(L, "pattern")][0],
-        v=cache[attn_hook(L, "v")][0],
+        resid_pre=cache[resid_pre(L)][b, :n],
+        resid_post=cache[resid_post(L)][b, :n],
+        pattern=cache[attn_hook(L, "pattern")][b, :, :n, :n],
+        v=cache[attn_hook(L, "v")][b, :n],
         scale=scale,
     )
 

@@ -1,4 +1,5 @@
-"""Stage 2 over a prompt set: one evolution file per prompt, resumable after an interruption.
+"""Stage 2 over a prompt set: one evolution file per prompt, resumable after an interruption,
+prompts of similar length sharing forward passes.
 
 Folder layout (``out_dir``)::
 
@@ -15,6 +16,23 @@ Folders written before the hash names (``prompt_0000.safetensors``, ... and an i
 positions) are read by content, never by position or by their old index: an old file
 whose recorded prompt text and settings match a prompt of the set is renamed to that
 prompt's hash name instead of being recomputed; the others are left alone and unused.
+
+A run in three steps, each usable on its own (a distributed driver plans once, hands
+lists of prompts to workers, and writes the index when they are done)::
+
+    plan = plan_prompts(model, bank, prompts, out_dir, k=...)   # checks, nothing written
+    take_over_positional_files(plan, out_dir)                   # mkdir + renames
+    evolve_prompts(model, bank, plan.todo, out_dir, batch_size=8, **plan.options)
+    write_index(out_dir, prompts, plan.failed)
+
+Batching (:func:`evolve_batch`): the prompts to compute are sorted by token count and cut
+into groups of ``batch_size``; each group runs ONE right-padded forward pass
+(:func:`~trajectory.evolution.attention.batch_forward_activations`), then each prompt's
+layers are evolved on its own unpadded slice, exactly as :func:`evolve` does (results
+equal to float rounding). Memory: one layer's activations of the group at a time
+(pattern ``[B, n_heads, N_max, N_max]`` plus ``[B, N_max, d_model]`` tensors), plus the
+finished top-k rows of the group's prompts until they are saved (each prompt's
+:class:`~trajectory.evolution.result.Evolution`, as one :func:`evolve` holds).
 """
 from __future__ import annotations
 
@@ -23,16 +41,18 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from trajectory.evolution.engine import (
     DEFAULT_MAX_ROWS,
     check_bank,
     check_options,
     check_work,
-    evolve,
+    evolve_layer,
+    make_evolution,
     model_key,
     prompt_tokens,
     recorded_postnorm,
@@ -42,6 +62,7 @@ from trajectory.evolution.result import Evolution
 from trajectory.io import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
     from transformer_lens import HookedTransformer
 
     from trajectory.saes.bank import SAEBank
@@ -49,6 +70,10 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 INDEX = "index.json"
+#: prompts per forward pass when ``batch_size`` is not given: enough to share the model's
+#: weight reads (the forward pass's cost per prompt stops falling well before), few enough
+#: that the group's finished rows (up to k features per step row per layer) stay small
+DEFAULT_PROMPT_BATCH = 8
 #: names of the files written before they were named by prompt hash
 _POSITIONAL = re.compile(r"prompt_\d{4}\.safetensors")
 
@@ -59,13 +84,25 @@ def prompt_file_name(prompt: str) -> str:
 
 
 @dataclass
-class _Plan:
-    """What a run does, decided before anything is written."""
+class Plan:
+    """What a run does, decided before anything is written (:func:`plan_prompts`).
 
-    ids: dict[str, list[int]]  # prompt -> token ids, for the prompts that can be evolved
-    failed: dict[str, str]  # prompt -> why it cannot be evolved
-    todo: list[str] = field(default_factory=list)  # prompts to compute
-    renames: dict[str, Path] = field(default_factory=dict)  # prompt -> positional file to take over
+    Attributes:
+        ids: prompt -> token ids, for the prompts that can be evolved.
+        failed: prompt -> why it cannot be evolved (listed in the index with its reason).
+        todo: prompts to compute, in the prompt set's order (distinct).
+        renames: prompt -> positional file of the earlier layout to take over.
+        options: :func:`evolve`'s keyword arguments for this run, ``layers`` resolved.
+    """
+
+    ids: dict[str, list[int]]
+    failed: dict[str, str]
+    todo: list[str] = field(default_factory=list)
+    renames: dict[str, Path] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+_Plan = Plan  # the name before the API was public
 
 
 def evolve_many(
@@ -76,6 +113,8 @@ def evolve_many(
     *,
     overwrite: bool = False,
     progress: bool = True,
+    batch_size: int | None = None,
+    encode_batch_size: int | None = None,
     **kwargs: Any,
 ) -> list[Path]:
     """Evolve each prompt into ``out_dir/prompt_<hash>.safetensors``; resumable.
@@ -87,38 +126,152 @@ def evolve_many(
     the numbers — model, SAEs (architecture, width, dtype, hook, source), ``k``,
     ``layers``, ``postnorm`` — is kept, so a rerun after an interruption does only the
     missing prompts (files are written atomically: never half-written). ``method``,
-    ``batch_size`` and ``device`` are not compared: they change float rounding only.
+    the batch sizes and ``device`` are not compared: they change float rounding only.
     A file that differs in any of those settings raises ``ValueError`` naming the
     setting unless ``overwrite`` (then it is recomputed); an unreadable one is
     recomputed. ``out_dir/index.json`` (see the module docstring) is written last.
 
-    ``kwargs`` are :func:`~trajectory.evolution.engine.evolve`'s options.
+    Args:
+        batch_size: prompts per forward pass (default :data:`DEFAULT_PROMPT_BATCH`);
+            prompts of similar length are grouped (module docstring). 1: one at a time.
+        encode_batch_size: step rows per SAE encode batch (:func:`evolve`'s ``batch_size``).
+        kwargs: :func:`~trajectory.evolution.engine.evolve`'s other options.
 
     Returns the paths of the prompts that could be evolved, in the prompts' order.
-    Raises ``ValueError`` when none can.
+    Raises ``ValueError`` when none can. The rate (prompts/min) is logged at the end.
     """
-    from tqdm.auto import tqdm
-
     if isinstance(prompts, str) or not prompts:
         raise ValueError("evolve_many needs a non-empty list of prompts (one evolution file each)")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch_size (prompts per forward pass) must be at least 1, got {batch_size}")
     out_dir = Path(out_dir)
-    kwargs["layers"] = check_bank(model, bank, kwargs.get("layers"),
-                                  allow_other_model=bool(kwargs.get("allow_other_model", False)))
-    check_options(k=kwargs.get("k", 400), postnorm=kwargs.get("postnorm", "per_partial_sum"),
-                  method=kwargs.get("method", "auto"))
-    plan = _tokenise_all(model, prompts, kwargs)
-    _plan_files(plan, out_dir, _expected(model, bank, kwargs), overwrite)
+    if encode_batch_size is not None:
+        kwargs["batch_size"] = encode_batch_size
+    plan = plan_prompts(model, bank, prompts, out_dir, overwrite=overwrite, **kwargs)
+    take_over_positional_files(plan, out_dir)
+    evolve_prompts(model, bank, plan.todo, out_dir, batch_size=batch_size, progress=progress, **plan.options)
+    write_index(out_dir, prompts, plan.failed)
+    return [out_dir / prompt_file_name(p) for p in prompts if p not in plan.failed]
+
+
+def plan_prompts(
+    model: "HookedTransformer", bank: "SAEBank", prompts: Sequence[str], out_dir: str | Path, *,
+    overwrite: bool = False, **options: Any,
+) -> Plan:
+    """Check everything and decide what a run over ``prompts`` into ``out_dir`` does;
+    writes nothing. ``options`` are :func:`evolve`'s; ``plan.options`` holds them with
+    ``layers`` resolved (pass those to :func:`evolve_prompts`). Raises ``ValueError``
+    for a bank or option that does not fit, when no prompt can be evolved, or for files
+    of other settings in ``out_dir`` (unless ``overwrite``)."""
+    options = dict(options)
+    options["layers"] = check_bank(model, bank, options.get("layers"),
+                                   allow_other_model=bool(options.get("allow_other_model", False)))
+    check_options(k=options.get("k", 400), postnorm=options.get("postnorm", "per_partial_sum"),
+                  method=options.get("method", "auto"))
+    plan = _tokenise_all(model, prompts, options)
+    plan.options = options
+    _plan_files(plan, Path(out_dir), _expected(model, bank, options), overwrite)
+    return plan
+
+
+def take_over_positional_files(plan: Plan, out_dir: str | Path) -> None:
+    """Create ``out_dir`` and rename the earlier layout's files in ``plan.renames``."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for prompt, old in plan.renames.items():
         log.info("reusing %s for %r (named by position before)", old.name, prompt)
         os.replace(old, out_dir / prompt_file_name(prompt))
-    for prompt in tqdm(plan.todo, desc="prompts", disable=not progress, unit="prompt"):
-        evolve(model, bank, prompt, progress=False, **kwargs).save(out_dir / prompt_file_name(prompt))
-    _write_index(out_dir, prompts, plan.failed)
-    return [out_dir / prompt_file_name(p) for p in prompts if p not in plan.failed]
 
 
-def _tokenise_all(model: "HookedTransformer", prompts: Sequence[str], kwargs: dict[str, Any]) -> _Plan:
+def length_groups(lengths: dict[str, int], batch_size: int) -> list[list[str]]:
+    """Prompts in groups of at most ``batch_size``, shortest first, so that each group
+    holds prompts of similar token counts (little padding)."""
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size (prompts per forward pass) must be at least 1, got {batch_size}")
+    ordered = sorted(lengths, key=lambda p: lengths[p])  # stable: ties keep the given order
+    return [ordered[i : i + int(batch_size)] for i in range(0, len(ordered), int(batch_size))]
+
+
+def evolve_prompts(
+    model: "HookedTransformer", bank: "SAEBank", prompts: Sequence[str], out_dir: str | Path, *,
+    batch_size: int | None = None, progress: bool = True, **options: Any,
+) -> list[Path]:
+    """Evolve ``prompts`` (distinct, already planned) in groups of similar length and save
+    each to ``out_dir/prompt_<hash>.safetensors`` atomically as soon as its group is done;
+    no checks of existing files (see :func:`plan_prompts`). ``batch_size``: prompts per
+    forward pass; ``options``: :func:`evolve`'s. Logs prompts/min; returns the paths."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    prompts = list(dict.fromkeys(prompts))
+    if not prompts:
+        return []
+    options = {key: value for key, value in options.items() if key != "progress"}
+    lengths = {p: len(prompt_tokens(model, p, options.get("max_tokens", 128))[0]) for p in prompts}
+    groups = length_groups(lengths, DEFAULT_PROMPT_BATCH if batch_size is None else batch_size)
+    start = time.perf_counter()
+    with tqdm(total=len(prompts), desc="prompts", disable=not progress, unit="prompt") as bar:
+        for group in groups:
+            for prompt, evo in zip(group, evolve_batch(model, bank, group, **options)):
+                evo.save(out_dir / prompt_file_name(prompt))
+            bar.update(len(group))
+    minutes = (time.perf_counter() - start) / 60
+    log.info("evolved %d prompt(s) in %d forward pass(es): %.1f prompts/min",
+             len(prompts), len(groups), len(prompts) / minutes if minutes > 0 else float("inf"))
+    return [out_dir / prompt_file_name(p) for p in prompts]
+
+
+def evolve_batch(
+    model: "HookedTransformer",
+    bank: "SAEBank",
+    prompts: Sequence["str | Sequence[int] | torch.Tensor"],
+    *,
+    k: int = 400,
+    layers: Iterable[int] | None = None,
+    max_tokens: int | None = 128,
+    postnorm: str = "per_partial_sum",
+    device=None,
+    batch_size: int | None = None,
+    method: str = "auto",
+    preset: str | None = None,
+    max_rows: int | None = DEFAULT_MAX_ROWS,
+    allow_other_model: bool = False,
+) -> list[Evolution]:
+    """:func:`~trajectory.evolution.engine.evolve` of several prompts sharing ONE forward pass.
+
+    The options mean what they mean for :func:`evolve` (``batch_size``: step rows per
+    encode batch); every prompt is checked as :func:`evolve` checks it. The prompts are
+    right-padded into one batch (see
+    :func:`~trajectory.evolution.attention.batch_forward_activations`); layer by layer,
+    each prompt is evolved on its unpadded slice, with the layer's SAE encoder made once.
+    Group prompts of similar length: padding costs forward work, nothing else.
+
+    Returns one :class:`Evolution` per prompt, in order, equal to :func:`evolve`'s up to
+    float rounding (the batched matrix products round differently).
+    """
+    import torch
+
+    from trajectory.evolution.attention import batch_forward_activations
+    from trajectory.evolution.encoder import LinearEncoder
+
+    check_options(k=k, postnorm=postnorm, method=method)
+    layers = check_bank(model, bank, None if layers is None else list(layers), allow_other_model=allow_other_model)
+    tokens = [prompt_tokens(model, prompt, max_tokens) for prompt in prompts]
+    for ids, _ in tokens:
+        check_work(len(ids), layers, max_rows)
+    device = device if device is not None else model.cfg.device
+    rows: list[dict] = [{} for _ in prompts]
+    for L, acts in batch_forward_activations(model, [ids for ids, _ in tokens], layers):
+        enc = LinearEncoder.from_sae(bank[L], torch.device(device)) if method != "direct" else None
+        for i, prompt_acts in enumerate(acts):
+            rows[i][L] = evolve_layer(model, bank[L], prompt_acts, k=k, postnorm=postnorm, method=method,
+                                      batch_size=batch_size, device=device, encoder=enc)
+        del acts
+    settings = dict(k=k, layers=layers, max_tokens=max_tokens, postnorm=postnorm, method=method, device=str(device))
+    return [make_evolution(model, bank, prompt, tok, r, settings, preset) for prompt, tok, r in zip(prompts, tokens, rows)]
+
+
+def _tokenise_all(model: "HookedTransformer", prompts: Sequence[str], kwargs: dict[str, Any]) -> Plan:
     """Token ids of every prompt that passes the length and work checks, and why the
     others fail; raises ``ValueError`` when none passes."""
     ids: dict[str, list[int]] = {}
@@ -137,7 +290,7 @@ def _tokenise_all(model: "HookedTransformer", prompts: Sequence[str], kwargs: di
     if not ids:
         reasons = "; ".join(f"{_short(p)!r}: {why}" for p, why in list(failed.items())[:3])
         raise ValueError(f"none of the {len(failed)} prompt(s) can be evolved ({reasons})")
-    return _Plan(ids=ids, failed=failed)
+    return Plan(ids=ids, failed=failed)
 
 
 def _expected(model: "HookedTransformer", bank: "SAEBank", kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -174,7 +327,7 @@ def _difference(done: Evolution, token_ids: list[int], expected: dict[str, Any])
     return None
 
 
-def _plan_files(plan: _Plan, out_dir: Path, expected: dict[str, Any], overwrite: bool) -> None:
+def _plan_files(plan: Plan, out_dir: Path, expected: dict[str, Any], overwrite: bool) -> None:
     """Fill ``plan.todo`` and ``plan.renames`` from the files in ``out_dir``; raises
     ``ValueError`` naming the files of other settings unless ``overwrite``."""
     conflicts = []
@@ -225,14 +378,18 @@ def _load_or_none(path: Path) -> Evolution | None:
         return None
 
 
-def _write_index(out_dir: Path, prompts: Sequence[str], failed: dict[str, str]) -> None:
-    """``out_dir/index.json``, atomically: one entry per prompt, in order (module docstring)."""
+def write_index(out_dir: str | Path, prompts: Sequence[str], failed: dict[str, str]) -> None:
+    """``out_dir/index.json``, atomically: one entry per prompt, in order (module docstring);
+    ``failed``: prompt -> reason (``Plan.failed``)."""
     entries = [
         dict(prompt=p, file=None, error=failed[p]) if p in failed else dict(prompt=p, file=prompt_file_name(p))
         for p in prompts
     ]
-    with atomic_write(out_dir / INDEX) as fh:
+    with atomic_write(Path(out_dir) / INDEX) as fh:
         json.dump(entries, fh, indent=1)
+
+
+_write_index = write_index  # the name before the API was public
 
 
 def _short(text: str, width: int = 60) -> str:

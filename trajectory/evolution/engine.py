@@ -33,7 +33,7 @@ import numpy as np
 from trajectory.evolution.encoder import LinearEncoder, layer_steps_direct, query_chunks, select_chunk
 from trajectory.evolution.result import Evolution, LayerRows, row_offset
 from trajectory.evolution.topk import select_active_topk
-from trajectory.hooks import layer_of, resid_position, resid_post
+from trajectory.hooks import layer_of, resid_mid, resid_position, resid_post, resid_pre
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -164,12 +164,13 @@ def check_bank(
     """
     check_bank_model(model, bank, allow_other_model)
     n_layers = int(model.cfg.n_layers)
-    check = getattr(bank, "check_model", None)
-    if callable(check):
-        check(model)
     if layers is None:
         layers = list(bank.layers)
     layers = sorted({int(L) for L in layers})
+    check_bank_hooks(bank, [L for L in layers if L in bank.layers])
+    check = getattr(bank, "check_model", None)
+    if callable(check):
+        check(model)
     if not layers:
         raise ValueError("no layers to compute; pass --layers, e.g. 0-17")
     out_of_model = [L for L in layers if not 0 <= L < n_layers]
@@ -185,12 +186,6 @@ def check_bank(
         )
     d_model = int(model.cfg.d_model)
     for L in layers:
-        hook = bank.hook_name(L)
-        if resid_position(hook) is None or layer_of(hook) != L:
-            raise ValueError(
-                f"the SAE of layer {L} reads {hook!r}, not layer {L}'s residual stream "
-                f"({resid_post(L)}); this bank does not fit the evolution — use a residual-stream bank"
-            )
         d_in = int(bank[L].cfg.d_in)
         if d_in != d_model:
             raise ValueError(
@@ -198,6 +193,24 @@ def check_bank(
                 "the bank was made for another model — preload a bank for this model's preset"
             )
     return layers
+
+
+def check_bank_hooks(bank: "SAEBank", layers: Sequence[int]) -> None:
+    """Refuse SAEs that do not read layer L's residual stream.
+
+    The evolution adds attention contributions to ``resid_pre`` and encodes the sums
+    with the layer's SAE, so only SAEs trained on ``blocks.L.hook_resid_pre``,
+    ``hook_resid_mid`` or ``hook_resid_post`` of the same layer fit; SAEs on
+    ``hook_mlp_out``, ``attn.hook_z``, another layer's stream, ... raise ``ValueError``.
+    """
+    for L in layers:
+        hook = bank.hook_name(L)
+        if resid_position(hook) is None or layer_of(hook) != L:
+            raise ValueError(
+                f"the SAE of layer {L} reads {hook!r}; the evolution accepts SAEs on layer {L}'s residual "
+                f"stream only ({resid_pre(L)}, {resid_mid(L)} or {resid_post(L)}) — preload a residual-stream "
+                "bank (e.g. a '-res' Gemma Scope release) for this model"
+            )
 
 
 def check_options(*, k: int, postnorm: str, method: str) -> None:
@@ -252,6 +265,7 @@ def evolve_layer(
     method: str = "auto",
     batch_size: int | None = None,
     device=None,
+    encoder: "LinearEncoder | None" = None,
 ) -> LayerRows:
     """All (n, step) top-k rows of one layer, from that layer's recorded activations.
 
@@ -265,6 +279,8 @@ def evolve_layer(
         method: ``"feature_space"``, ``"direct"`` or ``"auto"``.
         batch_size: step rows per batch (default: ``DEFAULT_BATCH_ELEMENTS / d_sae``).
         device: where to compute (default: where ``acts`` live).
+        encoder: ``LinearEncoder.from_sae(sae, device)`` made once for several prompts
+            of the same layer (default: made here); ignored by ``method="direct"``.
 
     Returns:
         :class:`~trajectory.evolution.result.LayerRows` with ``Σ_{n=2..N} (n + 2)`` rows.
@@ -280,7 +296,9 @@ def evolve_layer(
     device = torch.device(device) if device is not None else acts.resid_pre.device
     variant = resolve_postnorm(model, acts.layer, postnorm)
     batch_rows = int(batch_size or max(64, DEFAULT_BATCH_ELEMENTS // int(sae.cfg.d_sae)))
-    enc = LinearEncoder.from_sae(sae, device) if method in ("auto", "feature_space") else None
+    enc = None
+    if method in ("auto", "feature_space"):
+        enc = encoder if encoder is not None else LinearEncoder.from_sae(sae, device)
     if method == "feature_space" and enc is None:
         raise ValueError(f"{type(sae).__name__} has no linear encoder form; use method='direct' or 'auto'")
     parts: list[tuple] = []
@@ -388,15 +406,25 @@ def evolve(
             model, bank[L], all_acts.pop(L), k=k, postnorm=postnorm, method=method, batch_size=batch_size, device=device
         )
     settings = dict(k=k, layers=layers, max_tokens=max_tokens, postnorm=postnorm, method=method, device=str(device))
+    return make_evolution(model, bank, prompt, (ids, strs), rows, settings, preset)
+
+
+def make_evolution(model: "HookedTransformer", bank: "SAEBank", prompt, tokens: tuple, rows: dict[int, LayerRows],
+                   settings: dict[str, Any], preset: str | None = None) -> Evolution:
+    """The :class:`Evolution` of ``prompt`` from its per-layer ``rows``: ``tokens`` is what
+    :func:`prompt_tokens` returned, ``settings`` the options recorded in the provenance
+    (``k``, ``layers``, ``max_tokens``, ``postnorm``, ``method``, ``device``)."""
+    ids, strs = tokens
+    layers = list(settings["layers"])
     return Evolution(
         tokens=strs,
         token_ids=[int(t) for t in ids],
         layers=layers,
-        k=int(k),
+        k=int(settings["k"]),
         rows=rows,
         model_name=str(model.cfg.model_name),  # the model that ran, even with another model's bank
         preset=preset if preset is not None else getattr(bank, "preset", None),
-        postnorm=recorded_postnorm(model, layers, postnorm),
+        postnorm=recorded_postnorm(model, layers, settings["postnorm"]),
         metadata=_metadata(model, bank, layers, prompt, settings),
     )
 
