@@ -38,6 +38,8 @@ _MODULES = {
     "training.config": ("TrainConfig",),
     "training.train": ("train_saes",),
     "training.from_store": ("train_on_store",),
+    "training.lora": ("LoraConfig", "finetune"),
+    "training.lora_collect": ("CollectConfig", "lora_spliced_losses"),
 }
 
 

@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = [
     "trajectory.cli.presets",
     "trajectory.cli.preload",
     "trajectory.cli.train",
+    "trajectory.cli.lora",
     "trajectory.cli.evolve",
     "trajectory.cli.graph",
     "trajectory.cli.aggregate",

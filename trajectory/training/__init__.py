@@ -6,6 +6,8 @@
 - :mod:`~trajectory.training.sae`: one SAE (sae-lens trainers), in RAM or streamed from a memmap;
 - :mod:`~trajectory.training.train`: one SAE per layer at any hook, :func:`train_saes` (alias :func:`train_bank`);
 - :mod:`~trajectory.training.from_store`: SAEs on any activation store (:func:`train_on_store`);
+- :mod:`~trajectory.training.lora` / :mod:`~trajectory.training.lora_collect`: a LoRA adapter
+  fine-tuned with peft, its ``lora_A`` outputs per token collected into a store, spliced loss;
 - :mod:`~trajectory.training.metrics`: L0, explained variance, dead features, spliced / zero-ablated loss.
 """
 from trajectory import lazy_exports
