@@ -30,6 +30,7 @@ from trajectory.io import RESULTS_DIR, default_bank_dir
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
 
+    from trajectory.evolution.distributed import RayOptions
     from trajectory.evolution.result import Evolution
     from trajectory.saes.bank import SAEBank
 
@@ -163,11 +164,13 @@ def load_stage_inputs(config: EvolveConfig) -> tuple["HookedTransformer", "SAEBa
 
 def run_evolve(config: EvolveConfig, *, prompt: str | None = None, prompts: Sequence[str] | None = None,
                out: str | Path | None = None, overwrite: bool = False, progress: bool = True,
-               inputs: tuple | None = None) -> EvolveResult:
+               inputs: tuple | None = None, ray: "RayOptions | None" = None) -> EvolveResult:
     """Stage 2 for one ``prompt`` (one file at ``out``) or many ``prompts`` (a folder with
     one file per prompt and ``index.json``; reruns skip finished prompts).
 
     ``inputs``: an already loaded ``(model, bank, device)`` (see :func:`load_stage_inputs`).
+    ``ray``: evolve the prompts on a Ray cluster (:mod:`trajectory.evolution.distributed`;
+    the driver loads no model, ``inputs`` is not used).
     """
     from trajectory.presets import get_preset
 
@@ -176,6 +179,8 @@ def run_evolve(config: EvolveConfig, *, prompt: str | None = None, prompts: Sequ
     get_preset(config.preset)  # an unknown preset fails before anything loads
     if prompt is not None and prompts is not None:
         raise ValueError("pass either --prompt or --prompt-file, not both")
+    if ray is not None and prompts is None:
+        raise ValueError("--ray runs a prompt set: pass --prompt-file")
     if prompts is not None:
         target = check_output_dir(out or default_evolve_out(config.preset), ["index.json"])
     else:
@@ -183,6 +188,12 @@ def run_evolve(config: EvolveConfig, *, prompt: str | None = None, prompts: Sequ
         target = check_output_file(out or default_evolve_out(config.preset, prompt), "evolution file")
         _check_replace(target, prompt, overwrite)
     clean_stale_temp_files(target if prompts is not None else target.parent)
+    if ray is not None:
+        from trajectory.evolution.distributed import WorkerSpec, evolve_many_ray
+
+        paths = evolve_many_ray(WorkerSpec(config), list(prompts), target, options=ray, batch_size=config.batch_size,
+                                overwrite=overwrite, progress=progress)
+        return EvolveResult([Path(p) for p in paths], target, index=target / "index.json")
     model, bank, device = inputs or load_stage_inputs(config)
     options = config.engine_options(device)
     if prompts is not None:

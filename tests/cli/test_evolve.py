@@ -108,3 +108,78 @@ def test_bank_of_another_model_is_refused_unless_allowed(tiny_preset, tiny_bank,
     assert main(args + ["--allow-other-model"]) == 0
     evo = Evolution.load(tmp_path / "e.safetensors")
     assert evo.model_name != "gpt2" and evo.metadata["bank_model_name"] == "gpt2"
+
+
+# ----------------------------------------------------------------------------- prompt batches and Ray
+def test_batch_size_reaches_evolve_many(tiny_preset, tiny_model, tiny_bank, tiny_bank_dir, tmp_path):
+    """--batch-size groups prompts per forward pass exactly as evolve_many(batch_size=...)
+    does (same tensors); --encode-batch-size is evolve's step-row batch."""
+    from safetensors.numpy import load_file
+
+    from trajectory.evolution.batch import evolve_many
+
+    lines = ["the dark room", "smith left .", "mark gave flashlight to", "mark"]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(lines) + "\n")
+    folder = tmp_path / "cli"
+    assert main(["evolve", "--bank", str(tiny_bank_dir), "--k", "5", "--no-progress", "--prompt-file", str(prompts),
+                 "--batch-size", "3", "--encode-batch-size", "7", "--out", str(folder)]) == 0
+    want = tmp_path / "lib"
+    evolve_many(tiny_model, tiny_bank, lines, want, batch_size=3, encode_batch_size=7, k=5, preset="offline",
+                progress=False)
+    for name in (p.name for p in want.glob("prompt_*.safetensors")):
+        a, b = load_file(str(folder / name)), load_file(str(want / name))
+        assert sorted(a) == sorted(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_ray_options_need_a_prompt_file(tiny_preset, tiny_bank_dir, tmp_path, capsys):
+    common = ["evolve", "--bank", str(tiny_bank_dir), "--no-progress", "--out", str(tmp_path / "out")]
+    assert main(common + ["--prompt", "the room", "--ray"]) == 1
+    assert "--ray runs a prompt set: pass --prompt-file" in capsys.readouterr().err
+    assert main(common + ["--prompt", "the room", "--workers", "3"]) == 1
+    assert "--workers and --gpus-per-worker need --ray" in capsys.readouterr().err
+    assert main(common + ["--prompt", "the room", "--batch-size", "3"]) == 1
+    assert "needs --prompt-file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def _prompt_file(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("the dark room\nsmith left .\n")
+    return path
+
+
+def test_ray_without_the_extra_names_it(tiny_bank_dir, tmp_path, capsys, monkeypatch):
+    """``import ray`` fails (the extra is not installed): a clear error naming the extra,
+    nothing written, no model loaded."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what a missing package looks like to `import ray`
+    out = tmp_path / "out"
+    assert main(["evolve", "--bank", str(tiny_bank_dir), "--no-progress", "--prompt-file", str(_prompt_file(tmp_path)),
+                 "--out", str(out), "--ray", "auto", "--workers", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "--ray needs Ray" in err and "pip install 'trajectory[distributed]'" in err
+    assert not out.exists()
+
+
+def test_unreachable_ray_address_is_a_clear_error(tiny_bank_dir, tmp_path, capsys):
+    pytest.importorskip("ray", reason="Ray is the optional extra: pip install 'trajectory[distributed]'")
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    start = time.monotonic()
+    assert main(["evolve", "--bank", str(tiny_bank_dir), "--no-progress", "--prompt-file", str(_prompt_file(tmp_path)),
+                 "--out", str(out), "--ray", f"127.0.0.1:{port}"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot reach a Ray cluster at '127.0.0.1:{port}'" in err and "ray start --head" in err
+    assert time.monotonic() - start < 30 and not out.exists()
+    assert main(["evolve", "--bank", str(tiny_bank_dir), "--no-progress", "--prompt-file", str(_prompt_file(tmp_path)),
+                 "--out", str(out), "--ray", "no-port-here"]) == 1
+    assert "is not host:port" in capsys.readouterr().err

@@ -7,6 +7,7 @@
 - :mod:`~trajectory.evolution.engine`: :func:`evolve` (one prompt);
 - :mod:`~trajectory.evolution.batch`: :func:`evolve_many` (a prompt set, resumable; prompts of
   similar length share forward passes), :func:`evolve_batch`;
+- :mod:`~trajectory.evolution.distributed`: :func:`evolve_many_ray` (the same on Ray workers);
 - :mod:`~trajectory.evolution.result`: :class:`Evolution`, the stage's output and its file format.
 """
 from trajectory import lazy_exports
@@ -14,6 +15,7 @@ from trajectory import lazy_exports
 _MODULES = {
     "engine": ("evolve", "prompt_tokens"),
     "batch": ("evolve_many", "evolve_batch", "plan_prompts", "evolve_prompts", "write_index", "Plan"),
+    "distributed": ("evolve_many_ray", "RayOptions", "WorkerSpec"),
     "result": ("Evolution",),
     "attention": ("attn_contributions", "attn_partial_sums"),
     "topk": ("select_active_topk",),

@@ -149,7 +149,10 @@ def evolve_many(
         kwargs["batch_size"] = encode_batch_size
     plan = plan_prompts(model, bank, prompts, out_dir, overwrite=overwrite, **kwargs)
     take_over_positional_files(plan, out_dir)
-    evolve_prompts(model, bank, plan.todo, out_dir, batch_size=batch_size, progress=progress, **plan.options)
+    options = dict(plan.options)
+    options.pop("batch_size", None)  # the encode batch travels as encode_batch_size
+    evolve_prompts(model, bank, plan.todo, out_dir, batch_size=batch_size, encode_batch_size=encode_batch_size,
+                   progress=progress, **options)
     write_index(out_dir, prompts, plan.failed)
     return [out_dir / prompt_file_name(p) for p in prompts if p not in plan.failed]
 
@@ -194,7 +197,7 @@ def length_groups(lengths: dict[str, int], batch_size: int) -> list[list[str]]:
 
 def evolve_prompts(
     model: "HookedTransformer", bank: "SAEBank", prompts: Sequence[str], out_dir: str | Path, *,
-    batch_size: int | None = None, progress: bool = True, **options: Any,
+    batch_size: int | None = None, encode_batch_size: int | None = None, progress: bool = True, **options: Any,
 ) -> list[Path]:
     """Evolve ``prompts`` (distinct, already planned) in groups of similar length and save
     each to ``out_dir/prompt_<hash>.safetensors`` atomically as soon as its group is done;
@@ -207,6 +210,8 @@ def evolve_prompts(
     if not prompts:
         return []
     options = {key: value for key, value in options.items() if key != "progress"}
+    if encode_batch_size is not None:
+        options["batch_size"] = encode_batch_size
     lengths = {p: len(prompt_tokens(model, p, options.get("max_tokens", 128))[0]) for p in prompts}
     groups = length_groups(lengths, DEFAULT_PROMPT_BATCH if batch_size is None else batch_size)
     start = time.perf_counter()
