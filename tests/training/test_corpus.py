@@ -3,19 +3,97 @@ from __future__ import annotations
 
 import pytest
 
-from trajectory.training.corpus import CorpusError, default_corpus, load_corpus, split_chunks, tokenize_chunks
+from trajectory.training.corpus import (
+    MIXED_SEED,
+    CorpusError,
+    default_corpus,
+    english_corpus,
+    load_corpus,
+    mixed_corpus,
+    named_corpus,
+    python_docs_corpus,
+    split_chunks,
+    tokenize_chunks,
+)
 
 
-def test_default_corpus_needs_no_download_and_is_deterministic():
+def test_python_docs_corpus_needs_no_download_and_is_deterministic():
     from pydoc_data.topics import topics
 
-    docs = default_corpus()
-    assert docs == default_corpus()
+    docs = python_docs_corpus()
+    assert docs == python_docs_corpus()
     assert len(docs) > 500 and sum(map(len, docs)) > 400_000
     assert topics["assert"].strip() in docs  # the documentation topics are in
     assert any(d.startswith("OrderedDict: ") for d in docs)  # and module docstrings
-    name, same = load_corpus(None)
-    assert name == "default" and same == docs
+    assert load_corpus("python-docs") == ("python-docs", docs)
+
+
+def test_english_corpus_is_the_packaged_prose():
+    import json
+    from importlib import resources
+
+    # independent read of the package's data file: every non-image block's text is in
+    raw = json.loads(resources.files("markov_draftjs").joinpath("content.json").read_text(encoding="utf-8"))
+    texts = [b["text"].strip() for state in raw for b in state["blocks"] if b["type"] != "atomic" and b["text"].strip()]
+    docs = english_corpus()
+    assert docs == english_corpus()
+    assert len(docs) == len(raw) and "\n".join(docs) == "\n".join(texts)
+    words = " ".join(docs).lower().split()
+    assert len(words) > 100_000
+    for common in ("the", "and", "he", "said", "her", "was"):  # ordinary English, not code
+        assert words.count(common) > 300, common
+    assert load_corpus("english") == ("english", docs)
+
+
+def test_default_corpus_is_both_shuffled_with_a_seed():
+    english, python = english_corpus(), python_docs_corpus()
+    docs = default_corpus()
+    assert docs == default_corpus() == mixed_corpus(MIXED_SEED)
+    assert sorted(docs) == sorted(english + python)  # all of both, nothing else
+    assert docs != english + python and mixed_corpus(MIXED_SEED + 1) != docs  # shuffled, by the seed
+    # interleaved: each half of the list holds both kinds in about their overall share
+    share = len(english) / len(docs)
+    is_english = set(english)
+    for half in (docs[: len(docs) // 2], docs[len(docs) // 2 :]):
+        assert abs(sum(d in is_english for d in half) / len(half) - share) < 0.1
+    chars = sum(map(len, english)) / sum(map(len, docs))
+    assert 0.4 < chars < 0.65  # about half English prose by characters
+    assert load_corpus(None) == ("mixed", docs) == load_corpus("default") == load_corpus("mixed")
+
+
+def test_default_corpus_falls_back_to_python_docs_without_the_english_package(monkeypatch, caplog):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_markov(name, *args, **kwargs):
+        if name.startswith("markov_draftjs"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_markov)
+    with pytest.raises(CorpusError, match="pip install markov-draftjs"):
+        load_corpus("english")
+    with pytest.raises(CorpusError, match="pip install markov-draftjs"):
+        load_corpus("mixed")
+    with caplog.at_level("WARNING", logger="trajectory.training.corpus"):
+        name, docs = load_corpus(None)
+    assert name == "python-docs" and docs == python_docs_corpus()
+    assert "falling back to the Python documentation" in caplog.text
+
+
+def test_unknown_corpus_name_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for bad in ("englsh", "Mixed", "wikipedia"):
+        with pytest.raises(CorpusError, match=f"unknown corpus '{bad}'.*mixed, english, python-docs"):
+            load_corpus(bad)
+    with pytest.raises(CorpusError, match="unknown corpus"):
+        named_corpus("nope")
+    # a real file of that name is read as a file (a named corpus would win: ./english)
+    (tmp_path / "englsh").write_text("the cat sat .", encoding="utf-8")
+    assert load_corpus("englsh") == ("englsh", ["the cat sat ."])
+    (tmp_path / "english").write_text("my own english .", encoding="utf-8")
+    assert load_corpus("english")[0] == "english" and load_corpus("./english") == ("english", ["my own english ."])
 
 
 def test_load_file(tmp_path):

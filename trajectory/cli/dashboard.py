@@ -33,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("--model", default=None, help="TransformerLens model name or local folder instead of the preset's")
     p.add_argument("--hook", default=None, help="hook the --sae SAE reads (default: its own, else the preset's for --layers)")
     p.add_argument("--corpus", default=None,
-                   help="text file, folder of .txt/.md, or hf:<dataset> (default: the offline stdlib-docs corpus)")
+                   help="text file, folder of .txt/.md, or hf:<dataset> (default: the mixed corpus, English prose + Python docs; also: english, python-docs)")
     p.add_argument("--max-tokens", type=int, default=None, help="read at most this many corpus tokens (default: all)")
     p.add_argument("--max-examples", type=int, default=10, help="top-activating contexts per feature (default: 10)")
     p.add_argument("--bands", type=int, default=5, help="activation bands with sampled examples (default: 5)")

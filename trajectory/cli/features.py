@@ -35,7 +35,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _real_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--corpus", default=None, help="text file, folder of .txt/.md, or hf:<dataset> (default: the offline stdlib-docs corpus)")
+    p.add_argument("--corpus", default=None, help="text file, folder of .txt/.md, or hf:<dataset> (default: the mixed corpus, English prose + Python docs; also: english, python-docs)")
     p.add_argument("--max-examples", type=int, default=20, help="top-activating contexts kept per feature (default: 20)")
     p.add_argument("--batch-size", type=int, default=16, help="chunks per forward pass (default: 16)")
     p.add_argument("--context-length", type=int, default=128, help="tokens per chunk, BOS included (default: 128)")

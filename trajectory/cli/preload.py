@@ -37,7 +37,8 @@ def register(sub) -> None:
     options.add_device(p)
     options.add_out(p, "bank folder (default: results/banks/<preset or source name>)")
     p.add_argument("--force", action="store_true", help="rebuild the requested layers even if the bank has them")
-    p.add_argument("--corpus", default=None, help="training text for offline SAEs: a text file, a folder, or a HF dataset name")
+    p.add_argument("--corpus", default=None, help="training text for offline SAEs: mixed (default: English prose + Python docs), english, python-docs, "
+                   "a text file, a folder, or hf:<dataset>")
     p.add_argument("--release", default=None, help="any sae-lens release (with --sae-id-template)")
     p.add_argument("--sae-id-template", default=None, help="sae-lens SAE id with {layer}, e.g. layer_{layer}/width_16k/canonical")
     p.add_argument("--sae-folder", default=None, help="folder with one SAE per layer (sae-lens folders, params.npz, ...)")

@@ -233,7 +233,10 @@ class FeatureReport(Mapping):
 #: what the corpus names that :func:`trajectory.training.corpus.load_corpus` and
 #: :func:`trajectory.features.real_activations.corpus_tokens` give stand for, in words
 CORPUS_DESCRIPTIONS = {
-    "default": "the Python documentation (default corpus)",
+    "default": "the Python documentation (the default corpus before 2026-12)",
+    "mixed": "English prose and the Python documentation (default corpus)",
+    "english": "English prose (markov-draftjs)",
+    "python-docs": "the Python documentation",
     "documents": "the given documents",
     "tokens": "the given token chunks",
 }

@@ -18,7 +18,8 @@ _MODULES = {
     "sae": ("train_sae",),
     "from_store": ("train_on_store",),
     "metrics": ("evaluate_sae", "hook_losses", "spliced_losses"),
-    "corpus": ("load_corpus",),
+    "corpus": ("load_corpus", "default_corpus", "english_corpus", "python_docs_corpus", "mixed_corpus",
+               "NAMED_CORPORA"),
     "store": ("ActivationStore", "collect_activations", "create_store"),
 }
 __getattr__, __dir__, __all__ = lazy_exports(globals(), _MODULES)
