@@ -154,3 +154,54 @@ def test_bad_features_fail_before_the_pass(tiny_model):
         collect(tiny_model, [t], "0-3", ["  ", ""], progress=False)
     with pytest.raises(ValueError, match="band_examples"):
         DashboardConfig(band_examples=0)
+
+
+def test_to_dict_equals_asdict(setup):
+    """The hand-built JSON object is exactly what ``dataclasses.asdict`` gives (the old way)."""
+    import dataclasses
+    import json
+
+    for dash in setup[4]:
+        ref = dataclasses.asdict(dash)
+        ref["tokens"] = {str(i): s for i, s in dash.tokens.items()}
+        ref = {"format": "trajectory-feature-dashboard", "format_version": 1, **ref}
+        got = dash.to_dict()
+        assert got == ref and list(got) == list(ref)
+        assert list(got["features"][3]) == list(ref["features"][3])
+        assert dash.to_json() == json.dumps(ref, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_bands_take_the_first_sampled_windows_in_key_order(tiny_model, monkeypatch):
+    """With a sample smaller than the active counts, each band holds the first
+    ``band_examples`` sampled windows (in the sample's row order) whose activation falls
+    in it: checked against the scan's tensors read one element at a time."""
+    from trajectory.dashboard import collection
+    from trajectory.dashboard.data import round_sig
+
+    scans = []
+    finish = collection._layer_dashboard
+    monkeypatch.setattr(collection, "_layer_dashboard", lambda m, scan, *a: (scans.append(scan), finish(m, scan, *a))[1])
+    g = torch.Generator().manual_seed(9)
+    tokens = torch.randint(4, tiny_model.cfg.d_vocab, (N_CHUNKS, P), generator=g)
+    tokens[:, 0] = tiny_model.tokenizer.bos_token_id
+    t = DashboardTarget("layer_01", random_sae(32, D_SAE, seed=3, hook_name="blocks.1.hook_resid_post"),
+                        "blocks.1.hook_resid_post", 1)
+    cfg = DashboardConfig(max_examples=3, n_bands=3, band_examples=2, sample_size=9, batch_size=4, window=WINDOW,
+                          n_neighbours=0, feature_chunk=5)
+    dash = collect(tiny_model, [t], None, tokens, config=cfg, progress=False)[0]
+    s, checked = scans[0].sample, 0
+    for j, card in enumerate(dash.features):
+        want: list[list[tuple[int, int]]] = [[] for _ in range(cfg.n_bands)]
+        for r in range(s.values.shape[0]):
+            if not math.isfinite(float(s.values[r, j])):
+                continue
+            a = round_sig(float(s.acts[r, j, s.before]))
+            b = min(max(math.ceil(a / scans[0].max_activation(j) * cfg.n_bands) - 1, 0), cfg.n_bands - 1)
+            if len(want[b]) < cfg.band_examples:
+                want[b].append((int(s.chunk[r, j]), int(s.position[r, j])))
+        got = [[(e.chunk, e.position) for e in band.examples] for band in card.bands]
+        assert got == want, card.feature
+        for band in card.bands:
+            assert all(band.low * (1 - 2e-3) < e.activation <= band.high * (1 + 2e-3) for e in band.examples)
+        checked += sum(map(len, got))
+    assert checked > D_SAE  # the bands hold examples

@@ -88,3 +88,17 @@ def test_in_chromium(tmp_path):
         browser.close()
     assert errors == [] and dialogs == [], (errors, dialogs)
     assert requests and all(u.startswith("file://") for u in requests), requests
+
+
+def test_page_embeds_the_json_file(tmp_path):
+    """The page's data block is the JSON file's object (one ``to_dict``: same ``created``)."""
+    import json
+    import re
+
+    write_pages([hostile_dashboard()], tmp_path)
+    page = (tmp_path / "layer_06.html").read_text()
+    block = re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S).group(1)
+    on_disk = json.loads((tmp_path / "layer_06.json").read_text())
+    assert json.loads(block) == on_disk and on_disk["created"]
+    assert LayerDashboard.load(tmp_path / "layer_06.json") == LayerDashboard.from_dict(json.loads(block))
+    assert "function openCard(" in page and "function open(" not in page  # window.open not shadowed

@@ -54,7 +54,8 @@ class DashboardConfig:
         batch_size / context_length / max_tokens / window / n_logits / final_norm /
             include_bos: as in :class:`trajectory.features.RealConfig`.
         n_neighbours: nearest features by decoder cosine listed per feature.
-        feature_chunk: features per step of the logit-effect and cosine computations.
+        feature_chunk: features per step of the logit-effect and cosine computations and
+            of turning the scan's tensors into cards.
         seed: seeds the sample (same corpus and seed: same dashboard).
     """
 
@@ -135,13 +136,36 @@ class SampledWindows(TopExamples):
         """Merge a batch (as :meth:`TopExamples.add`), ``keys [B, P, nf]`` uniform in ``[0, 1)``."""
         super().add(sel, active, batch, start, score=keys)
 
-    def examples(self, j: int) -> list[CardExample]:
-        """Column ``j``'s sampled activations in key order (a random order)."""
-        out = []
-        for r in range(self.values.shape[0]):
-            if math.isfinite(float(self.values[r, j])):
-                out.append(_card_example(self.ids[r, j], self.acts[r, j], self.before, int(self.chunk[r, j]),
-                                         int(self.position[r, j])))
+    def bands(self, lo: int, tops: Sequence[float], cfg: "DashboardConfig") -> list[list[Band]]:
+        """The quantile bands of columns ``lo, lo + 1, ...`` (``tops``: their max
+        activations): equal-width bands of ``(0, top]``, each with the first
+        ``band_examples`` sampled activations in it, in key order (a random order). The
+        band is chosen from the sampled activation, so only kept windows become examples."""
+        import torch
+
+        n_b, room = cfg.n_bands, cfg.band_examples
+        keys = self.values[:, lo : lo + len(tops)].T.tolist()  # [n, m]
+        peaks = self.acts[:, lo : lo + len(tops), self.before].T.tolist()  # [n, m]: the sampled activations
+        out, rows, cols, slots = [], [], [], []
+        for jj, (top, kk, pp) in enumerate(zip(tops, keys, peaks)):
+            edges = [top * b / n_b for b in range(n_b + 1)]
+            bands = [Band(low=round_sig(edges[b]), high=round_sig(edges[b + 1]), examples=[]) for b in range(n_b)]
+            counts, left = [0] * n_b, n_b * room
+            for r, (key, a) in enumerate(zip(kk, pp)):
+                if not left:  # every band full
+                    break
+                if not math.isfinite(key):  # -inf: an empty slot of the sample
+                    continue
+                b = min(max(math.ceil(round_sig(a) / top * n_b) - 1, 0), n_b - 1) if top > 0 else 0
+                if counts[b] < room:
+                    counts[b], left = counts[b] + 1, left - 1
+                    rows.append(r)
+                    cols.append(lo + jj)
+                    slots.append(bands[b].examples)  # filled below, once all windows are read
+            out.append(bands)
+        for slot, ex in zip(slots, _card_examples(self, torch.tensor(rows, dtype=torch.long),
+                                                  torch.tensor(cols, dtype=torch.long))):
+            slot.append(ex)
         return out
 
 
@@ -202,28 +226,36 @@ def decoder_neighbours_topk(sae: "SAE", features: Sequence[int], n: int, chunk: 
     out: list[list[tuple[int, float]]] = []
     for cos in decoder_cosines(sae, features, chunk):
         v, i = cos.topk(n, dim=-1)
-        out += [[(int(a), round_sig(float(b))) for a, b in zip(ii, vv)] for ii, vv in zip(i.cpu(), v.cpu())]
+        out += [[(a, round_sig(b)) for a, b in zip(ii, vv)] for ii, vv in zip(i.tolist(), v.tolist())]
     return out
 
 
-def _card_example(ids: "torch.Tensor", acts: "torch.Tensor", before: int, chunk: int, position: int) -> CardExample:
-    """A window (``ids [W]``, -1 outside the chunk; ``acts [W]``) as a card example."""
-    keep = ids >= 0
-    peak = int(keep[:before].sum())  # tokens kept before the peak
-    values = [round_sig(float(a)) for a in acts[keep]]
-    return CardExample(token_ids=[int(i) for i in ids[keep]], activations=values, peak=peak,
-                       activation=values[peak], chunk=chunk, position=position)
+def _card_examples(top: TopExamples, rows: "torch.Tensor", cols: "torch.Tensor") -> list[CardExample]:
+    """The windows ``(rows[i], cols[i])`` of ``top`` as card examples (one ``tolist`` per
+    field, then plain Python: indexing tensors one element at a time is slow)."""
+    before = top.before
+    out = []
+    for ids, acts, chunk, position in zip(top.ids[rows, cols].tolist(), top.acts[rows, cols].tolist(),
+                                          top.chunk[rows, cols].tolist(), top.position[rows, cols].tolist()):
+        # ids: -1 outside the chunk; only 0 needs no rounding (most of a window)
+        values = [a and round_sig(a) for i, a in zip(ids, acts) if i >= 0]
+        peak = before - ids[:before].count(-1)  # tokens kept before the peak
+        out.append(CardExample(token_ids=[i for i in ids if i >= 0], activations=values, peak=peak,
+                               activation=values[peak], chunk=chunk, position=position))
+    return out
 
 
-def _bands(sample: list[CardExample], top: float, cfg: DashboardConfig) -> list[Band]:
-    """Equal-width bands of ``(0, top]`` with up to ``band_examples`` sampled examples each."""
-    edges = [top * b / cfg.n_bands for b in range(cfg.n_bands + 1)]
-    bands = [Band(low=round_sig(edges[b]), high=round_sig(edges[b + 1]), examples=[]) for b in range(cfg.n_bands)]
-    for ex in sample:
-        b = min(max(math.ceil(ex.activation / top * cfg.n_bands) - 1, 0), cfg.n_bands - 1) if top > 0 else 0
-        if len(bands[b].examples) < cfg.band_examples:
-            bands[b].examples.append(ex)
-    return bands
+def _top_examples(top: TopExamples, lo: int, hi: int) -> list[list[CardExample]]:
+    """Columns ``lo..hi-1``'s top examples, best first (ties: earlier chunk and position)."""
+    import torch
+
+    cols, rows = torch.isfinite(top.values[:, lo:hi].T).nonzero(as_tuple=True)  # by column, then row
+    out: list[list[CardExample]] = [[] for _ in range(hi - lo)]
+    for c, ex in zip(cols.tolist(), _card_examples(top, rows, cols + lo)):
+        out[c].append(ex)
+    for examples in out:
+        examples.sort(key=lambda e: (-e.activation, e.chunk, e.position))
+    return out
 
 
 def _layer_dashboard(model: "HookedTransformer", scan: LayerScan, cfg: DashboardConfig, corpus: str,
@@ -233,24 +265,24 @@ def _layer_dashboard(model: "HookedTransformer", scan: LayerScan, cfg: Dashboard
     effects = chunked_logit_effects(model, t.sae, feats, k=cfg.n_logits, final_norm=cfg.final_norm,
                                     chunk=cfg.feature_chunk)
     neighbours = decoder_neighbours_topk(t.sae, feats, cfg.n_neighbours, cfg.feature_chunk)
+    n_active, act_sum, maxima = scan.n_active.tolist(), scan.act_sum.tolist(), scan.max.tolist()
     cards = []
-    for j, f in enumerate(feats):
-        na, top = int(scan.n_active[j]), scan.max_activation(j)
-        first, counts = scan.histogram(j)
-        examples = [_card_example(scan.top.ids[r, j], scan.top.acts[r, j], scan.top.before, int(scan.top.chunk[r, j]),
-                                  int(scan.top.position[r, j]))
-                    for r in range(scan.top.values.shape[0]) if math.isfinite(float(scan.top.values[r, j]))]
-        examples.sort(key=lambda e: (-e.activation, e.chunk, e.position))
-        cards.append(FeatureCard(
-            feature=f, explanation=t.explanations.get(f), density=round_sig(na / n_tok), n_active=na,
-            max_activation=round_sig(top), mean_activation=round_sig(float(scan.act_sum[j]) / n_tok),
-            mean_active=round_sig(float(scan.act_sum[j]) / na) if na else 0.0,
-            hist_start=first, histogram=counts, examples=examples,
-            bands=_bands(scan.sample.examples(j), top, cfg),
-            top_logits=[(s, round_sig(v)) for s, v in effects[f][0]],
-            bottom_logits=[(s, round_sig(v)) for s, v in effects[f][1]],
-            neighbours=neighbours[j],
-        ))
+    for lo in range(0, len(feats), cfg.feature_chunk):  # tensors to lists a chunk of features at a time
+        hi = min(lo + cfg.feature_chunk, len(feats))
+        tops = [maxima[j] if n_active[j] else 0.0 for j in range(lo, hi)]
+        examples, bands = _top_examples(scan.top, lo, hi), scan.sample.bands(lo, tops, cfg)
+        for j in range(lo, hi):
+            f, na, top = feats[j], n_active[j], tops[j - lo]
+            first, counts = scan.histogram(j)
+            cards.append(FeatureCard(
+                feature=f, explanation=t.explanations.get(f), density=round_sig(na / n_tok), n_active=na,
+                max_activation=round_sig(top), mean_activation=round_sig(act_sum[j] / n_tok),
+                mean_active=round_sig(act_sum[j] / na) if na else 0.0,
+                hist_start=first, histogram=counts, examples=examples[j - lo], bands=bands[j - lo],
+                top_logits=[(s, round_sig(v)) for s, v in effects[f][0]],
+                bottom_logits=[(s, round_sig(v)) for s, v in effects[f][1]],
+                neighbours=neighbours[j],
+            ))
     decode = token_decoder(model)
     used = sorted({i for c in cards for e in c.all_examples() for i in e.token_ids})
     return LayerDashboard(

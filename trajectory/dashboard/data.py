@@ -33,7 +33,7 @@ Floats are kept to 4 significant digits (:func:`round_sig`), which is what the p
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -57,6 +57,10 @@ class CardExample:
     chunk: int = 0
     position: int = 0
 
+    def to_dict(self) -> dict[str, Any]:
+        """The example's JSON object (shares its lists with ``self``: for writing, not editing)."""
+        return dict(vars(self))
+
 
 @dataclass
 class Band:
@@ -65,6 +69,10 @@ class Band:
     low: float
     high: float
     examples: list[CardExample] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The band's JSON object (lists shared with ``self``)."""
+        return {"low": self.low, "high": self.high, "examples": [e.to_dict() for e in self.examples]}
 
 
 @dataclass
@@ -91,6 +99,15 @@ class FeatureCard:
         yield from self.examples
         for band in self.bands:
             yield from band.examples
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card's JSON object, keys in field order as :func:`dataclasses.asdict` gives
+        them (lists shared with ``self``: built by hand because ``asdict`` deep-copies every
+        value, which dominated writing a page)."""
+        d = dict(vars(self))
+        d["examples"] = [e.to_dict() for e in self.examples]
+        d["bands"] = [b.to_dict() for b in self.bands]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FeatureCard":
@@ -138,14 +155,15 @@ class LayerDashboard:
         """The file's JSON object (token ids as string keys, as JSON requires)."""
         from trajectory.io import package_versions
 
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["features"] = [c.to_dict() for c in self.features]
         d["tokens"] = {str(i): s for i, s in self.tokens.items()}
         d["created"] = self.created or _now()
         d["versions"] = self.versions or package_versions()
         return {"format": DASHBOARD_FORMAT, "format_version": DASHBOARD_FORMAT_VERSION, **d}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        return dashboard_json(self.to_dict())
 
     def save(self, path: str | Path) -> Path:
         """Write the JSON file atomically; returns ``path``."""
@@ -174,6 +192,11 @@ class LayerDashboard:
         """Read a file written by :meth:`save`."""
         path = Path(path)
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")), where=str(path))
+
+
+def dashboard_json(d: dict[str, Any]) -> str:
+    """The file's text for a :meth:`LayerDashboard.to_dict` (compact, UTF-8 kept)."""
+    return json.dumps(d, ensure_ascii=False, separators=(",", ":"))
 
 
 def _now() -> str:

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from trajectory.dashboard.data import LayerDashboard
+from trajectory.dashboard.data import LayerDashboard, dashboard_json
 
 
 def page_name(dashboard: LayerDashboard) -> str:
@@ -30,12 +30,18 @@ def page_name(dashboard: LayerDashboard) -> str:
 
 def script_json(value) -> str:
     """JSON safe inside a ``<script>`` element: no ``<``, ``>`` or ``&`` left as such."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _script_safe(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+
+def _script_safe(text: str) -> str:
+    """JSON ``text`` with ``<``, ``>`` and ``&`` written as JSON escapes (same value)."""
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def layer_page(dashboard: LayerDashboard, others: Sequence[str] = ()) -> str:
-    """The HTML of ``dashboard``'s page; ``others``: names of the sibling pages to link."""
+def layer_page(dashboard: LayerDashboard, others: Sequence[str] = (), data_json: str | None = None) -> str:
+    """The HTML of ``dashboard``'s page; ``others``: names of the sibling pages to link;
+    ``data_json``: its JSON file's text when already made (else made here)."""
+    data_json = dashboard_json(dashboard.to_dict()) if data_json is None else data_json
     title = f"{dashboard.model_name} · {dashboard.name} · feature dashboard"
     nav = {"others": list(others)}
     return (
@@ -52,7 +58,7 @@ def layer_page(dashboard: LayerDashboard, others: Sequence[str] = ()) -> str:
         f"<option value=\"density\">density ↑</option><option value=\"-max_activation\">max act ↓</option>"
         f"</select></label> <span id=\"count\"></span></div>"
         f"<main><div id=\"list\"></div><aside id=\"card\"><p class=\"hint\">click a feature</p></aside></main>"
-        f"<script type=\"application/json\" id=\"data\">{script_json(dashboard.to_dict())}</script>"
+        f"<script type=\"application/json\" id=\"data\">{_script_safe(data_json)}</script>"
         f"<script type=\"application/json\" id=\"navdata\">{script_json(nav)}</script>"
         f"<script>{_JS}</script></body></html>\n"
     )
@@ -84,11 +90,13 @@ def write_pages(dashboards: Sequence[LayerDashboard], out: str | Path) -> list[P
     names = [d.name for d in dashboards]
     written = []
     for d in dashboards:
-        written.append(d.save(out / f"{d.name}.json"))
+        text = dashboard_json(d.to_dict())  # once: the file and the page embed the same JSON (same `created`)
+        with atomic_write(out / f"{d.name}.json") as fh:
+            fh.write(text)
         path = out / page_name(d)
         with atomic_write(path) as fh:
-            fh.write(layer_page(d, [n for n in names if n != d.name]))
-        written.append(path)
+            fh.write(layer_page(d, [n for n in names if n != d.name], text))
+        written += [out / f"{d.name}.json", path]
     with atomic_write(out / "index.html") as fh:
         fh.write(index_page(dashboards))
     return written + [out / "index.html"]
@@ -167,7 +175,7 @@ function histogram(c) {
   const lab = document.createElementNS(ns, 'text'); lab.setAttribute('y', H + 13); lab.setAttribute('font-size', 11);
   lab.textContent = h.length ? fmt(D.hist_edges[c.hist_start]) + ' … ' + fmt(D.hist_edges[c.hist_start + h.length]) + ' (log bins)' : 'never active';
   svg.append(lab); return svg; }
-function open(f) {
+function openCard(f) {
   const c = byId.get(f), card = $('card'); card.replaceChildren();
   if (!c) { card.append(el('p', 'hint', 'feature ' + f + ' is not on this page')); return; }
   if (current) { const o = $('row' + current); if (o) o.classList.remove('sel'); }
@@ -190,7 +198,7 @@ function open(f) {
   if (c.neighbours.length) { card.append(el('h3', '', 'nearest features (decoder cosine)')); const p = el('p');
     c.neighbours.forEach(([g, cos]) => { const a = el('a', '', '#' + g + ' (' + fmt(cos) + ')'); a.href = '#f' + g; p.append(a, ' '); });
     card.append(p); } }
-function fromHash() { const m = /^#f(\d+)$/.exec(location.hash); if (m) open(Number(m[1])); }
+function fromHash() { const m = /^#f(\d+)$/.exec(location.hash); if (m) openCard(Number(m[1])); }
 const meta = D.model_name + ' · ' + D.hook_name + ' · SAE d_sae=' + D.sae.d_sae + ' · ' + D.features.length + ' features · '
   + D.n_tokens + ' tokens of ' + D.corpus;
 $('meta').textContent = meta;

@@ -71,10 +71,11 @@ def logit_effects(
         top_v, top_i = effects.topk(k, dim=-1)
         bot_v, bot_i = (-effects).topk(k, dim=-1)
     decode = token_decoder(model)
+    tv, ti, bv, bi = top_v.tolist(), top_i.tolist(), bot_v.tolist(), bot_i.tolist()  # no per-element tensor access
     for row, f in enumerate(features):
         out[int(f)] = (
-            [(decode(int(i)), float(v)) for v, i in zip(top_v[row], top_i[row])],
-            [(decode(int(i)), float(-v)) for v, i in zip(bot_v[row], bot_i[row])],
+            [(decode(i), v) for v, i in zip(tv[row], ti[row])],
+            [(decode(i), -v) for v, i in zip(bv[row], bi[row])],
         )
     return out
 
@@ -94,7 +95,7 @@ def decoder_neighbours(sae: "SAE", features: Sequence[int], chunk: int = 256) ->
     out: list[tuple[int, float] | None] = []
     for cos in decoder_cosines(sae, features, chunk):
         best = cos.max(dim=-1)  # max returns the first (lowest) index of ties
-        out += [(int(i), float(v)) for v, i in zip(best.values.cpu(), best.indices.cpu())]
+        out += [(int(i), float(v)) for v, i in zip(best.values.tolist(), best.indices.tolist())]
     return out
 
 

@@ -140,6 +140,7 @@ class _Runner:
         self.clean, self.top, self.clean_logit = clean, top, clean_logit  # clean: [N, V] log-probs
         self.last = int(ids.shape[1]) - 1
         self._prefixes: dict[int, object] = {}
+        self._w_ut = None
 
     def _cache(self, s: int, B: int):
         """A frozen cache holding the clean keys/values of positions ``< s``, batch ``B``."""
@@ -178,8 +179,10 @@ class _Runner:
         picked = torch.stack(picked, dim=1)  # [B, P, d_model], before ln_final
         if model.cfg.normalization_type is not None:
             picked = model.ln_final(picked)  # per position, as the full forward does
-        with torch.no_grad():  # W_U read in place: TL's Unembed copies the [d_model, d_vocab] matrix per call
-            logits = picked @ model.unembed.W_U + model.unembed.b_U
+        with torch.no_grad():  # TL's Unembed copies W_U.T per call; here once per edge_effects
+            if self._w_ut is None:
+                self._w_ut = model.unembed.W_U.detach().T.contiguous()  # [d_vocab, d_model]: the fastest layout
+            logits = torch.nn.functional.linear(picked, self._w_ut, model.unembed.b_U)
             logits = apply_softcap(logits, model.cfg.output_logits_soft_cap).float()
         return torch.log_softmax(logits, dim=-1).cpu(), logits[:, 0, self.top].cpu()
 
