@@ -192,7 +192,7 @@ def test_decoder_panels_show_cosines_when_every_norm_is_one():
 
 def test_titles_name_the_corpus():
     rep = _decoder_report([1.0], [0.5])
-    assert figure_context(rep) == f"{HOOK}, 4,064 tokens of the Python documentation (default corpus)"
-    assert "4,064 tokens of the Python documentation (default corpus)" in statistics_figure(rep)._suptitle.get_text()
+    assert figure_context(rep) == f"{HOOK}, 4,064 tokens of the Python documentation (the default corpus before 2026-12)"
+    assert "4,064 tokens of the Python documentation (the default corpus before 2026-12)" in statistics_figure(rep)._suptitle.get_text()
     rep.corpus = "notes.txt"
     assert figure_context(rep).endswith("4,064 tokens of corpus notes.txt")

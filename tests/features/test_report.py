@@ -101,7 +101,8 @@ def test_feature_summary_lines():
                                          activation=6.0)])
     assert feature_summary_lines(FeatureReport(mode="synthetic", features={4: syn})) == [
         'feature 4: synthetic 6 (best real 2.5), top: "<bos>«a»b"']
-    assert corpus_description("default") == "the Python documentation (default corpus)"
+    assert corpus_description("default") == "the Python documentation (the default corpus before 2026-12)"
+    assert corpus_description("mixed") == "English prose and the Python documentation (default corpus)"
     assert corpus_description("notes.txt") == "corpus notes.txt" and corpus_description(None) == "no corpus"
 
 
