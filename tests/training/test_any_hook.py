@@ -83,11 +83,14 @@ def test_mlp_out_sae_metrics_and_spliced_loss(mlp_bank, tiny_model, corpus_file)
         assert m["explained_variance"] > 0.6, m  # a sane SAE of the MLP output (L0 8 of 32 dims)
         assert m["l0"] == pytest.approx((sae.encode(x) != 0).sum(-1).float().mean().item(), abs=1e-5)
         clean, spliced, zero = _reference_losses(tiny_model, held[:4], hook, sae)
-        assert m["loss_clean"] == pytest.approx(clean, abs=1e-4)
-        assert m["loss_spliced"] == pytest.approx(spliced, abs=1e-4)
-        assert m["loss_zero_ablation"] == pytest.approx(zero, abs=1e-4)
+        assert m["loss_clean"] == pytest.approx(clean, abs=1e-5)
+        assert m["loss_spliced"] == pytest.approx(spliced, abs=1e-5)
+        assert m["loss_zero_ablation"] == pytest.approx(zero, abs=1e-5)
         assert m["loss_spliced"] != pytest.approx(clean, abs=1e-6)
-        assert m["loss_recovered"] == pytest.approx((zero - spliced) / (zero - clean), abs=1e-3)
+        # zero - clean can be a few thousandths on this random model: the ratio is checked
+        # on the losses reported (each checked above), not on ones off by float rounding
+        zero_, spliced_, clean_ = m["loss_zero_ablation"], m["loss_spliced"], m["loss_clean"]
+        assert m["loss_recovered"] == pytest.approx((zero_ - spliced_) / (zero_ - clean_), rel=1e-9)
 
 
 def test_bank_of_mlp_saes_saves_and_opens(mlp_bank, tmp_path):

@@ -22,6 +22,7 @@ from trajectory.training.lora import (
     finetune,
     load_base_model,
     parse_targets,
+    resolve_precision,
 )
 from trajectory.training.lora_collect import (
     LORA_HOOK,
@@ -207,18 +208,21 @@ def _weights(folder):
     return load_file(Path(folder) / "adapter_model.safetensors")
 
 
-def test_finetune_reduces_loss_and_is_deterministic(base_dir, corpus_file, chunks, tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_finetune_reduces_loss_and_is_deterministic(base_dir, corpus_file, chunks, tmp_path, precision):
     from transformers import AutoModelForCausalLM
 
     def run(out, seed):
         return finetune(LoraConfig(out=out, base_model=str(base_dir), corpus=str(corpus_file), rank=1,
                                    targets="q,k,v,o,gate,up,down", steps=12, batch_size=4, context_length=CTX,
-                                   lr=2e-2, seed=seed, max_tokens=600, n_heldout_chunks=4, progress=False))
+                                   lr=2e-2, seed=seed, max_tokens=600, n_heldout_chunks=4, precision=precision,
+                                   progress=False))
 
     a, b, c = run(tmp_path / "a", 0), run(tmp_path / "b", 0), run(tmp_path / "c", 1)
     manifest = json.loads((a / "manifest.json").read_text())
     curve = json.loads((a / "loss_curve.json").read_text())
     assert manifest["rank"] == 1 and manifest["steps"] == 12 and manifest["seed"] == 0
+    assert manifest["precision"] == precision
     assert manifest["targets"] == parse_targets("all") and manifest["corpus"] == corpus_file.name
     assert len(curve["loss"]) == 12 and manifest["final_loss"] == curve["loss"][-1]
     assert (a / "loss_curve.png").stat().st_size > 1000
@@ -244,3 +248,10 @@ def test_finetune_bad_targets(base_dir, corpus_file, tmp_path):
     assert not (tmp_path / "x" / "manifest.json").exists()
     with pytest.raises(ValueError, match="rank must be at least 1"):
         LoraConfig(out=tmp_path / "y", rank=0)
+    with pytest.raises(ValueError, match="precision must be auto, float32 or bfloat16"):
+        LoraConfig(out=tmp_path / "y", precision="float16")
+
+
+def test_precision_names():
+    assert LoraConfig(out="x", precision="bf16").precision == "bfloat16"
+    assert resolve_precision("fp32", "cpu") == "float32" and resolve_precision("bfloat16", "cpu") == "bfloat16"

@@ -158,6 +158,27 @@ def test_layer_under_target_gets_more_passes(tiny_model, corpus_file, monkeypatc
     assert len(runs) == 1 and once.entry(1).metrics["passes"] == 1 and once.entry(1).metrics["epochs"] == 1.0
 
 
+def test_next_layer_starts_at_the_passes_the_layer_before_needed(tiny_model, corpus_file, monkeypatch):
+    """Later layers are harder: a layer starts at the epochs of the SAE kept one layer down."""
+    runs = []
+
+    def spy(acts, **kwargs):
+        runs.append(kwargs["n_samples"])
+        return real(acts, **kwargs)
+
+    real = train_module.train_sae
+    monkeypatch.setattr(train_module, "train_sae", spy)
+    config = TrainConfig(corpus=str(corpus_file), d_sae=32, k=4, n_train_tokens=1500, n_heldout_tokens=400,
+                         context_length=CTX, batch_size=128, loss_chunks=2, seed=3, epochs=1.0, max_epochs=2.0,
+                         targets={"explained_variance_min": 1.0})
+    bank = train_bank(tiny_model, config, layers=[0, 2], progress=False)
+    n = bank.entry(0).metrics["n_train_tokens"]
+    kept = bank.entry(0).metrics["epochs"]
+    assert runs[:2] == [n, 2 * n]
+    assert runs[2:] == ([n, 2 * n] if kept == 1.0 else [2 * n])
+    assert bank.entry(2).metrics["passes"] == len(runs) - 2
+
+
 def _heldout_chunks(model, corpus_file, bank):
     """The held-out chunks ``bank`` was evaluated on."""
     from trajectory.training.corpus import load_corpus, tokenize_chunks

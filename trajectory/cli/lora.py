@@ -49,7 +49,10 @@ def _register_finetune(actions) -> None:
                    help="projections to adapt: q,k,v,o,gate,up,down (short for q_proj..down_proj), all, "
                         "or module names (default: all seven)")
     p.add_argument("--steps", type=int, default=300, help="optimiser steps (default: 300)")
-    p.add_argument("--batch-size", type=int, default=4, help="chunks per step (default: 4)")
+    p.add_argument("--batch-size", type=int, default=2, help="chunks per step (default: 2)")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="auto (default): bfloat16 autocast where the CPU/GPU computes bfloat16 natively "
+                        "(AVX512-BF16/AMX), else float32; LoRA weights and losses stay float32")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the init, split and batch order (default: 0)")
     options.add_out(p, "adapter folder (default: results/lora/<preset>-r<rank>)")
@@ -80,7 +83,7 @@ def run_finetune(args) -> int:
     config = LoraConfig(out=out, base_model=args.preset, corpus=args.corpus, rank=args.rank, alpha=args.alpha,
                         targets=args.targets, steps=args.steps, batch_size=args.batch_size,
                         context_length=args.context_length, lr=args.lr, seed=args.seed, max_tokens=args.max_tokens,
-                        device=args.device, progress=not args.no_progress)
+                        device=args.device, precision=args.precision, progress=not args.no_progress)
     folder = finetune(config)
     manifest = json.loads((folder / "manifest.json").read_text())
     print(f"LoRA r={manifest['rank']} on {', '.join(manifest['targets'])}: {manifest['steps']} steps in "

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
@@ -88,39 +88,58 @@ def _encode_nonzero(sae: "SAE", acts: "torch.Tensor", batch_size: int) -> tuple[
             np.concatenate(vals).astype(np.float64))
 
 
-def _first_n_per_feature(feat: np.ndarray, n: int) -> np.ndarray:
-    """Mask of the first ``n`` entries of each run of equal ``feat`` (``feat`` sorted)."""
+def _by_feature(feat: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(feature, indices into feat)`` per feature present, indices in their original
+    (row) order: one stable sort of the feature ids (a radix sort when they fit 16 bits)."""
     if len(feat) == 0:
-        return np.zeros(0, dtype=bool)
-    starts = np.r_[0, np.flatnonzero(feat[1:] != feat[:-1]) + 1]
-    rank = np.arange(len(feat)) - np.repeat(starts, np.diff(np.r_[starts, len(feat)]))
-    return rank < n
+        return
+    small = feat.astype(np.int16) if feat.max() < 2**15 else feat
+    order = np.argsort(small, kind="stable")
+    ids = feat[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    for start, stop in zip(starts.tolist(), np.r_[starts[1:], len(order)].tolist()):
+        yield int(ids[start]), order[start:stop]
+
+
+def _at_least_nth_largest(values: np.ndarray, n: int) -> np.ndarray:
+    """Mask of the entries >= the ``n``-th largest of ``values`` (ties included: the
+    strongest ``n`` are among them, whatever the tie-break)."""
+    if len(values) <= n:
+        return np.ones(len(values), dtype=bool)
+    return values >= np.partition(values, len(values) - n)[len(values) - n]
 
 
 def _top_tokens_from(feat, row, val, tokens: np.ndarray, n_tokens: int) -> dict[int, list[tuple[int, float]]]:
     tok = np.asarray(tokens, dtype=np.int64)[row]
-    # best activation per (feature, token): sort by feature, token, -value; keep firsts
-    order = np.lexsort((-val, tok, feat))
-    feat, tok, val = feat[order], tok[order], val[order]
-    first = np.ones(len(feat), dtype=bool)
-    first[1:] = (feat[1:] != feat[:-1]) | (tok[1:] != tok[:-1])
-    feat, tok, val = feat[first], tok[first], val[first]
-    order = np.lexsort((tok, -val, feat))  # per feature: best value first, ties by token id
-    feat, tok, val = feat[order], tok[order], val[order]
-    keep = _first_n_per_feature(feat, n_tokens)
     out: dict[int, list[tuple[int, float]]] = {}
-    for f_, t_, v_ in zip(feat[keep].tolist(), tok[keep].tolist(), val[keep].tolist()):
-        out.setdefault(int(f_), []).append((int(t_), float(v_)))
+    for feature, idx in _by_feature(feat):
+        v, t = val[idx], tok[idx]
+        m = 4 * n_tokens
+        while True:
+            # the entries at or above the m-th largest value hold the best value of every
+            # token that beats it: with n_tokens distinct tokens among them, the top
+            # n_tokens tokens are all there with their best values
+            keep = _at_least_nth_largest(v, m)
+            kt, kv = t[keep], v[keep]
+            order = np.lexsort((-kv, kt))  # per token, best value first
+            kt, kv = kt[order], kv[order]
+            first = np.r_[True, kt[1:] != kt[:-1]]
+            kt, kv = kt[first], kv[first]
+            if len(kt) >= n_tokens or keep.all():
+                break
+            m *= 4
+        order = np.lexsort((kt, -kv))[:n_tokens]  # best value first, ties by token id
+        out[feature] = [(int(a), float(b)) for a, b in zip(kt[order], kv[order])]
     return out
 
 
 def _top_rows_from(feat, row, val, n_examples: int) -> dict[int, list[tuple[int, float]]]:
-    order = np.lexsort((row, -val, feat))  # per feature: best value first, ties by row
-    feat, row, val = feat[order], row[order], val[order]
-    keep = _first_n_per_feature(feat, n_examples)
     out: dict[int, list[tuple[int, float]]] = {}
-    for f_, r_, v_ in zip(feat[keep].tolist(), row[keep].tolist(), val[keep].tolist()):
-        out.setdefault(int(f_), []).append((int(r_), float(v_)))
+    for feature, idx in _by_feature(feat):
+        idx = idx[_at_least_nth_largest(val[idx], n_examples)]
+        r, v = row[idx], val[idx]
+        order = np.lexsort((r, -v))[:n_examples]  # best value first, ties by row
+        out[feature] = [(int(a), float(b)) for a, b in zip(r[order], v[order])]
     return out
 
 

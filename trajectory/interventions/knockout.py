@@ -140,7 +140,7 @@ class _Runner:
         self.clean, self.top, self.clean_logit = clean, top, clean_logit  # clean: [N, V] log-probs
         self.last = int(ids.shape[1]) - 1
         self._prefixes: dict[int, object] = {}
-        self._w_ut = None
+        self._unembed = None
 
     def _cache(self, s: int, B: int):
         """A frozen cache holding the clean keys/values of positions ``< s``, batch ``B``."""
@@ -167,7 +167,6 @@ class _Runner:
         ``q``, absolute positions ``[B]``, when given: ``P = 2``) and ``[B]`` the logit of
         the clean top-1 token at the last position."""
         import torch
-        from transformer_lens.utilities import apply_softcap
 
         model, B = self.model, x.shape[0]
         cache = self._cache(s, B) if s > 0 else None
@@ -177,13 +176,11 @@ class _Runner:
         if q is not None:
             picked.append(final[torch.arange(B, device=final.device), q.to(final.device) - s])
         picked = torch.stack(picked, dim=1)  # [B, P, d_model], before ln_final
-        if model.cfg.normalization_type is not None:
-            picked = model.ln_final(picked)  # per position, as the full forward does
-        with torch.no_grad():  # TL's Unembed copies W_U.T per call; here once per edge_effects
-            if self._w_ut is None:
-                self._w_ut = model.unembed.W_U.detach().T.contiguous()  # [d_vocab, d_model]: the fastest layout
-            logits = torch.nn.functional.linear(picked, self._w_ut, model.unembed.b_U)
-            logits = apply_softcap(logits, model.cfg.output_logits_soft_cap).float()
+        if self._unembed is None:  # TL's Unembed copies W_U.T per call; here once per edge_effects
+            from trajectory.model.unembed import Unembedding
+
+            self._unembed = Unembedding(model)
+        logits = self._unembed.logits(self._unembed.normalize(picked))  # per position, as the full forward does
         return torch.log_softmax(logits, dim=-1).cpu(), logits[:, 0, self.top].cpu()
 
 

@@ -52,6 +52,8 @@ TARGET_SHORT_NAMES = {
 }
 #: The seven projections of a Gemma / Llama block.
 ALL_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+#: Accepted spellings of ``LoraConfig.precision``.
+PRECISIONS = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16", "auto": "auto"}
 #: Name of the file that marks a finished adapter folder.
 MANIFEST = "manifest.json"
 
@@ -92,6 +94,11 @@ class LoraConfig:
         max_tokens: corpus tokens to cut into chunks (``None``: all).
         n_heldout_chunks: chunks kept out of training; loss on them is reported before and after.
         device: ``"cpu"``/``"cuda"``; default CUDA when available.
+        precision: ``"float32"``, ``"bfloat16"`` (the blocks run under bfloat16 autocast;
+            the LoRA weights, the optimiser and the loss stay float32), or ``"auto"``:
+            bfloat16 where the hardware computes it natively (a CPU with AVX512-BF16 or
+            AMX, a CUDA GPU that supports it), else float32. Held-out losses are always
+            computed in float32.
         progress: show a tqdm bar.
     """
 
@@ -102,7 +109,7 @@ class LoraConfig:
     alpha: float | None = None
     targets: Sequence[str] = ALL_TARGETS
     steps: int = 300
-    batch_size: int = 4
+    batch_size: int = 2
     context_length: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -110,10 +117,14 @@ class LoraConfig:
     max_tokens: int | None = None
     n_heldout_chunks: int = 8
     device: str | None = None
+    precision: str = "auto"
     progress: bool = True
 
     def __post_init__(self) -> None:
         self.targets = parse_targets(self.targets)
+        self.precision = PRECISIONS.get(str(self.precision).lower(), self.precision)
+        if self.precision not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"precision must be auto, float32 or bfloat16, got {self.precision!r}")
         for name in ("rank", "steps", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -203,17 +214,12 @@ def corpus_chunks(tokenizer, corpus: str | None, context_length: int,
     return name, tokenize_chunks(types.SimpleNamespace(tokenizer=tokenizer), docs, context_length, max_tokens)
 
 
-def causal_lm_loss(model, input_ids: "torch.Tensor") -> "torch.Tensor":
-    """Mean next-token cross-entropy of ``model`` on ``input_ids`` ``[batch, pos]`` (scalar)."""
-    import torch.nn.functional as F
-
-    logits = model(input_ids=input_ids).logits  # [batch, pos, vocab]
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten())
-
-
 def mean_loss(model, chunks: "torch.Tensor", batch_size: int) -> float:
-    """Token-weighted mean of :func:`causal_lm_loss` over ``chunks`` ``[n, pos]``, no gradients."""
+    """Token-weighted mean of :func:`~trajectory.training.lm_loss.causal_lm_loss` over
+    ``chunks`` ``[n, pos]``, no gradients."""
     import torch
+
+    from trajectory.training.lm_loss import causal_lm_loss
 
     device = next(model.parameters()).device
     total, count = 0.0, 0
@@ -258,11 +264,12 @@ def finetune(config: LoraConfig) -> Path:
     model.peft_config["default"].base_model_name_or_path = base.model_name
     held = chunks[held_idx]
     before = mean_loss(model, held, config.batch_size)
-    losses, step_seconds = _train(model, chunks[train_idx], config)
+    precision = resolve_precision(config.precision, next(model.parameters()).device)
+    losses, step_seconds = _train(model, chunks[train_idx], config, precision)
     after = mean_loss(model, held, config.batch_size)
     seconds = time.time() - started
-    log.info("LoRA r=%d on %s: held-out loss %.4f -> %.4f (%d steps, %.0f s)",
-             config.rank, base.name, before, after, config.steps, seconds)
+    log.info("LoRA r=%d on %s: held-out loss %.4f -> %.4f (%d steps, %s, %.0f s)",
+             config.rank, base.name, before, after, config.steps, precision, seconds)
     curve = {"step": list(range(1, len(losses) + 1)), "loss": losses, "seconds": step_seconds,
              "heldout_loss_before": before, "heldout_loss_after": after}
     manifest = {
@@ -272,7 +279,7 @@ def finetune(config: LoraConfig) -> Path:
         "corpus": corpus_name, "corpus_spec": config.corpus, "n_train_chunks": len(train_idx),
         "n_heldout_chunks": len(held_idx), "tokens_seen": int(config.steps * config.batch_size * config.context_length),
         "final_loss": losses[-1], "heldout_loss_before": before, "heldout_loss_after": after,
-        "seconds": round(seconds, 2),
+        "seconds": round(seconds, 2), "precision": precision,
         "config": {k: v for k, v in asdict(config).items() if k not in ("out", "progress")},
         "peft_version": peft.__version__, "provenance": provenance(),
     }
@@ -291,14 +298,41 @@ def _check_targets(base: BaseModel, targets: Sequence[str]) -> None:
                          f"({type(base.model).__name__}); its linear layers are named {linear}")
 
 
-def _train(model, chunks: "torch.Tensor", config: LoraConfig) -> tuple[list[float], list[float]]:
-    """``config.steps`` AdamW steps over ``chunks`` ``[n, ctx]`` in a seeded order.
+def resolve_precision(precision: str, device: "torch.device | str") -> str:
+    """``"float32"`` or ``"bfloat16"``: ``precision`` itself, or for ``"auto"`` bfloat16
+    where ``device`` computes it natively (see :class:`LoraConfig`)."""
+    import torch
+
+    precision = PRECISIONS.get(str(precision).lower(), str(precision))
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if device.type == "cpu" and _cpu_has_native_bf16() else "float32"
+
+
+def _cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (Linux CPU flags ``avx512_bf16`` or
+    ``amx_bf16``); elsewhere ``False`` (emulated bfloat16 is slower than float32)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _train(model, chunks: "torch.Tensor", config: LoraConfig, precision: str = "float32") -> tuple[list[float], list[float]]:
+    """``config.steps`` AdamW steps over ``chunks`` ``[n, ctx]`` in a seeded order, the
+    forward pass under bfloat16 autocast when ``precision`` is ``"bfloat16"``.
 
     Returns:
         ``(loss per step, wall seconds since the start at the end of each step)``.
     """
     import torch
     from tqdm.auto import tqdm
+
+    from trajectory.training.lm_loss import causal_lm_loss
 
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
@@ -309,12 +343,15 @@ def _train(model, chunks: "torch.Tensor", config: LoraConfig) -> tuple[list[floa
     seconds: list[float] = []  # wall time at the end of each step
     started = time.time()
     model.train()
-    bar = tqdm(range(config.steps), desc=f"LoRA r={config.rank}", unit="step", disable=not config.progress)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+    bar = tqdm(range(config.steps), desc=f"LoRA r={config.rank} ({precision})", unit="step",
+               disable=not config.progress)
     for _ in bar:
         if len(order) < config.batch_size:  # a fresh permutation per epoch
             order.extend(torch.randperm(len(chunks), generator=g).tolist())
         idx, order = order[:config.batch_size], order[config.batch_size:]
-        loss = causal_lm_loss(model, chunks[idx].to(device))
+        with autocast:
+            loss = causal_lm_loss(model, chunks[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -345,7 +382,7 @@ def _write_adapter(model, out: Path, curve: dict, manifest: dict) -> None:
                 os.replace(path, out / path.name)
     with atomic_write(out / "loss_curve.json") as fh:
         json.dump(curve, fh, indent=1)
-    _plot_loss_curve(curve, out / "loss_curve.png", title=f"LoRA r={manifest['rank']} on {manifest['base_model']}")
+    _plot_loss_curve(curve, out / "loss_curve.png", title=f"LoRA r={manifest['rank']} on {manifest['base_model']} ({manifest['precision']})")
     with atomic_write(out / MANIFEST) as fh:
         json.dump(manifest, fh, indent=1)
 

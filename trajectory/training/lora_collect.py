@@ -309,7 +309,8 @@ def lora_spliced_losses(model, sae: Callable[["torch.Tensor"], "torch.Tensor"], 
     """
     import torch
 
-    from trajectory.training.lora import causal_lm_loss, mean_loss
+    from trajectory.training.lm_loss import causal_lm_loss
+    from trajectory.training.lora import mean_loss
 
     sites = lora_sites(model)
     width = sum(s.rank for s in sites)

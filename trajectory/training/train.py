@@ -20,7 +20,9 @@ train`` any other bank. Steps of :func:`train_saes`, one function each:
    saved SAE reads RAW activations. Activations larger than ``config.ram_budget_bytes``
    are read batch by batch from the memory-mapped store instead of copied into RAM. It is converted to sae-lens's inference class
    (``TopKSAE``; ``JumpReLUSAE`` for BatchTopK). A layer whose held-out explained variance
-   misses the target is trained again with one pass more (:func:`_fit_to_target`).
+   misses the target is trained again with one pass more (:func:`_fit_to_target`); the
+   next layer starts at the passes this one needed (later layers are harder: no
+   training is spent on a pass count that just failed one layer down).
    Its held-out metrics come from :func:`~trajectory.training.metrics.evaluate_sae`, its
    explanations from :func:`~trajectory.explanations.local.local_explanations`;
 4. :func:`~trajectory.training.metrics.hook_losses` on held-out text (clean, spliced,
@@ -106,8 +108,11 @@ def train_saes(
         train_store, held_store = _collect(model, data, root, layers, config, progress)
         timings["collect_seconds"] = time.perf_counter() - t0
         train_tokens = train_store.tokens
-        trained = {layer: _train_layer(model, layer, train_store, held_store, train_tokens, config, d_sae)
-                   for layer in layers}
+        trained: dict[int, _TrainedLayer] = {}
+        epochs = config.epochs
+        for layer in layers:  # a layer starts at the epochs the layer before needed: later layers are harder
+            trained[layer] = _train_layer(model, layer, train_store, held_store, train_tokens, config, d_sae, epochs)
+            epochs = max(epochs, trained[layer].metrics["epochs"])
         t0 = time.perf_counter()
         loss_idx = data.held_idx[: config.loss_chunks]
         losses = hook_losses(model, data.chunks[loss_idx], {layer: t.sae for layer, t in trained.items()},
@@ -197,7 +202,7 @@ def _collect(model, data: _Chunks, root: Path, layers: list[int], config: TrainC
 
 
 def _train_layer(model, layer: int, train_store: ActivationStore, held_store: ActivationStore,
-                 train_tokens: np.ndarray, config: TrainConfig, d_sae: int) -> _TrainedLayer:
+                 train_tokens: np.ndarray, config: TrainConfig, d_sae: int, epochs: float) -> _TrainedLayer:
     """Train layer ``layer``'s SAE (more passes while under the target), set its metadata,
     explain its features; metrics without the spliced losses (they come for all layers at once)."""
     import torch
@@ -206,7 +211,7 @@ def _train_layer(model, layer: int, train_store: ActivationStore, held_store: Ac
     t0 = time.perf_counter()
     acts = train_store.load(hook, config.ram_budget_bytes)  # [N_train, D]: in RAM, or memory-mapped
     held = held_store.load(hook, config.ram_budget_bytes)  # [N_held, D]
-    sae, m, used, passes = _fit_to_target(acts, held, config, seed=config.seed + layer, d_sae=d_sae)
+    sae, m, used, passes = _fit_to_target(acts, held, config, seed=config.seed + layer, d_sae=d_sae, epochs=epochs)
     train_seconds = time.perf_counter() - t0
     meta = sae.cfg.metadata
     meta.hook_name = hook
@@ -232,9 +237,10 @@ def _train_layer(model, layer: int, train_store: ActivationStore, held_store: Ac
     return _TrainedLayer(sae, m, explanations)
 
 
-def _fit_to_target(acts: Any, held: Any, config: TrainConfig, *, seed: int,
-                   d_sae: int | None = None) -> tuple["SAE", dict[str, Any], float, int]:
-    """Train an SAE of width ``d_sae`` (default ``config.d_sae``) on ``acts`` (``[N, d_in]``) for ``config.epochs`` passes, evaluate on ``held``;
+def _fit_to_target(acts: Any, held: Any, config: TrainConfig, *, seed: int, d_sae: int | None = None,
+                   epochs: float | None = None) -> tuple["SAE", dict[str, Any], float, int]:
+    """Train an SAE of width ``d_sae`` (default ``config.d_sae``) on ``acts`` (``[N, d_in]``) for ``epochs``
+    passes (default ``config.epochs``), evaluate on ``held``;
     late layers are harder, so while the held-out explained variance misses the target,
     train again from scratch with one pass more (up to ``config.max_epochs``).
 
@@ -243,7 +249,7 @@ def _fit_to_target(acts: Any, held: Any, config: TrainConfig, *, seed: int,
         variance, its metrics and epochs, and how many SAEs were trained.
     """
     best: tuple[Any, dict[str, Any], float] | None = None
-    ep, passes = config.epochs, 0
+    ep, passes = config.epochs if epochs is None else epochs, 0
     while True:
         cand = train_sae(
             acts, d_sae=d_sae or config.d_sae, k=config.k, architecture=config.architecture, n_samples=int(ep * len(acts)),
