@@ -37,6 +37,23 @@ def test_linear_cross_entropy_stays_float32_under_bfloat16_autocast():
     torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)  # bf16 matmuls would be off by ~1e-2
 
 
+def test_bfloat16_gradient_is_close_and_a_second_backward_is_refused():
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(30, 16, generator=g)
+    weight = torch.randn(70, 16, generator=g)
+    target = torch.randint(70, (30,), generator=g)
+    ref_h = hidden.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(ref_h @ weight.T, target).backward()
+    h = hidden.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(h, weight, target)
+    loss.backward(retain_graph=True)
+    torch.testing.assert_close(h.grad, ref_h.grad, rtol=3e-2, atol=1e-3)  # bfloat16 matmul
+    assert not torch.equal(h.grad, ref_h.grad)  # it did run in bfloat16
+    with pytest.raises(RuntimeError, match="one backward pass per forward"):
+        loss.backward()
+
+
 def test_causal_lm_loss_equals_the_models_own_loss_and_lora_gradients(tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -62,7 +79,8 @@ def test_soft_capped_heads_use_the_models_logits(tmp_path):
     from transformers import AutoModelForCausalLM
 
     base_dir = save_tiny_hf_gemma(tmp_path / "base")
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).requires_grad_(False)
+    assert _decoder_and_head(base) is not None
     base.config.final_logit_softcapping = 3.0  # the fused loss has no soft-cap: must not be used
     assert _decoder_and_head(base) is None
     ids = torch.randint(3, base.config.vocab_size, (2, 9))

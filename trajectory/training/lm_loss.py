@@ -88,6 +88,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001
+        if getattr(ctx, "done", False):  # the saved softmax was turned into the gradient in place
+            raise RuntimeError("linear_cross_entropy supports one backward pass per forward (no retain_graph)")
+        ctx.done = True
         probs, weight, target = ctx.saved_tensors
         n = probs.shape[0]
         probs[torch.arange(n, device=probs.device), target] -= 1.0  # d nll / d logits = softmax - onehot
