@@ -133,7 +133,7 @@ def _run_store(args, config) -> int:
     from trajectory.training.from_store import train_on_store
 
     out = Path(args.out) if args.out else Path(args.activations) / "sae"
-    result = train_on_store(args.activations, config, out)
+    result = train_on_store(args.activations, config, out, progress=not args.no_progress)
     rows = {hook: (hook, result.store.width, result.saes[hook].cfg.d_sae, m) for hook, m in result.metrics.items()}
     print_table(rows, "hook")
     print(f"SAEs: {out.resolve()}  (one sae-lens folder per hook, metrics.json; "

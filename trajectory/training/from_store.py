@@ -79,6 +79,7 @@ def train_on_store(
     *,
     hooks: Sequence[str] | None = None,
     d_in: int | None = None,
+    progress: bool = True,
 ) -> StoreTrainResult:
     """Train one SAE per hook of an activation store.
 
@@ -91,6 +92,7 @@ def train_on_store(
         hooks: hooks of the store to train on (default: all).
         d_in: when given, the width the SAEs must read: a store of another width is
             refused (e.g. activations of another hook or adapter).
+        progress: sae-lens's training progress bar.
 
     Returns:
         :class:`StoreTrainResult`; metrics per hook: ``l0``, ``explained_variance``,
@@ -123,7 +125,8 @@ def train_on_store(
     for i, hook in enumerate(hooks):
         acts = store.load(hook, config.ram_budget_bytes)  # [N, D], in RAM or memory-mapped
         t0 = time.perf_counter()
-        sae, m, used, passes = _fit_to_target(acts[:cut], acts[cut:], config, seed=config.seed + i, d_sae=d_sae)
+        sae, m, used, passes = _fit_to_target(acts[:cut], acts[cut:], config, seed=config.seed + i, d_sae=d_sae,
+                                              progress=progress)
         seconds = time.perf_counter() - t0
         seen = sum(int((config.epochs + p) * cut) for p in range(passes))  # samples of every pass
         sae.cfg.metadata.hook_name = hook

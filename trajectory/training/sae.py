@@ -8,6 +8,7 @@ same data in RAM.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -94,8 +95,23 @@ def _stepwise_bar_trainer_class():
     from sae_lens import SAETrainer
 
     class StepwiseBarTrainer(SAETrainer):
+        progress = True
+
         def _update_pbar(self, step_output, pbar, update_interval: int = 100):  # noqa: ARG002
             super()._update_pbar(step_output, pbar, update_interval=1)
+
+        def fit(self):
+            if self.progress:
+                return super().fit()
+            # sae-lens's fit always opens a bar: hand it a disabled one
+            import sae_lens.training.sae_trainer as trainer_module
+
+            bar = trainer_module.tqdm
+            trainer_module.tqdm = functools.partial(bar, disable=True)
+            try:
+                return super().fit()
+            finally:
+                trainer_module.tqdm = bar
 
     return StepwiseBarTrainer
 
@@ -112,6 +128,7 @@ def train_sae(
     seed: int = TrainConfig.seed,
     dead_feature_window: int = TrainConfig.dead_feature_window,
     init: str = TrainConfig.init,
+    progress: bool = True,
 ) -> "SAE":
     """Train one SAE with sae-lens's ``SAETrainer``.
 
@@ -129,6 +146,7 @@ def train_sae(
             for the TopK auxiliary loss that revives it.
         init: ``"data"`` (decoder rows start at directions of random training samples,
             encoder = decoder transposed) or ``"random"`` (sae-lens's own init).
+        progress: sae-lens's training progress bar.
 
     Returns:
         A sae-lens inference SAE (``TopKSAE`` or ``JumpReLUSAE``) that reads RAW
@@ -165,6 +183,7 @@ def train_sae(
         cfg=_trainer_config(steps, batch_size, lr, dead_feature_window), sae=sae,
         data_provider=_batches(acts, batch_size, seed, scale),
     )
+    trainer.progress = progress
     trained = trainer.fit()
     trained.fold_activation_norm_scaling_factor(scale)  # -> reads raw activations
     return to_inference_sae(trained)

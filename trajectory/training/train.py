@@ -111,7 +111,8 @@ def train_saes(
         trained: dict[int, _TrainedLayer] = {}
         epochs = config.epochs
         for layer in layers:  # a layer starts at the epochs the layer before needed: later layers are harder
-            trained[layer] = _train_layer(model, layer, train_store, held_store, train_tokens, config, d_sae, epochs)
+            trained[layer] = _train_layer(model, layer, train_store, held_store, train_tokens, config, d_sae, epochs,
+                                          progress)
             epochs = max(epochs, trained[layer].metrics["epochs"])
         t0 = time.perf_counter()
         loss_idx = data.held_idx[: config.loss_chunks]
@@ -202,7 +203,8 @@ def _collect(model, data: _Chunks, root: Path, layers: list[int], config: TrainC
 
 
 def _train_layer(model, layer: int, train_store: ActivationStore, held_store: ActivationStore,
-                 train_tokens: np.ndarray, config: TrainConfig, d_sae: int, epochs: float) -> _TrainedLayer:
+                 train_tokens: np.ndarray, config: TrainConfig, d_sae: int, epochs: float,
+                 progress: bool = True) -> _TrainedLayer:
     """Train layer ``layer``'s SAE (more passes while under the target), set its metadata,
     explain its features; metrics without the spliced losses (they come for all layers at once)."""
     import torch
@@ -211,7 +213,8 @@ def _train_layer(model, layer: int, train_store: ActivationStore, held_store: Ac
     t0 = time.perf_counter()
     acts = train_store.load(hook, config.ram_budget_bytes)  # [N_train, D]: in RAM, or memory-mapped
     held = held_store.load(hook, config.ram_budget_bytes)  # [N_held, D]
-    sae, m, used, passes = _fit_to_target(acts, held, config, seed=config.seed + layer, d_sae=d_sae, epochs=epochs)
+    sae, m, used, passes = _fit_to_target(acts, held, config, seed=config.seed + layer, d_sae=d_sae, epochs=epochs,
+                                          progress=progress)
     train_seconds = time.perf_counter() - t0
     meta = sae.cfg.metadata
     meta.hook_name = hook
@@ -238,7 +241,7 @@ def _train_layer(model, layer: int, train_store: ActivationStore, held_store: Ac
 
 
 def _fit_to_target(acts: Any, held: Any, config: TrainConfig, *, seed: int, d_sae: int | None = None,
-                   epochs: float | None = None) -> tuple["SAE", dict[str, Any], float, int]:
+                   epochs: float | None = None, progress: bool = True) -> tuple["SAE", dict[str, Any], float, int]:
     """Train an SAE of width ``d_sae`` (default ``config.d_sae``) on ``acts`` (``[N, d_in]``) for ``epochs``
     passes (default ``config.epochs``), evaluate on ``held``;
     late layers are harder, so while the held-out explained variance misses the target,
@@ -254,7 +257,7 @@ def _fit_to_target(acts: Any, held: Any, config: TrainConfig, *, seed: int, d_sa
         cand = train_sae(
             acts, d_sae=d_sae or config.d_sae, k=config.k, architecture=config.architecture, n_samples=int(ep * len(acts)),
             batch_size=config.batch_size, lr=config.lr, seed=seed,
-            dead_feature_window=config.dead_feature_window, init=config.init,
+            dead_feature_window=config.dead_feature_window, init=config.init, progress=progress,
         )
         passes += 1
         cm = evaluate_sae(cand, held)
