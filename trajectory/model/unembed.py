@@ -5,7 +5,7 @@ vocabulary a 670 MB copy), and its ``return_type="loss"`` builds the whole
 ``[batch, pos, d_vocab]`` log-softmax. :class:`Unembedding` makes the transposed copy
 once and computes next-token cross-entropy a block of rows at a time with
 ``logsumexp`` (the same numbers, less memory traffic). Used by the spliced-loss
-evaluation of trained SAEs and by the causal edge tests.
+evaluation of trained SAEs, the causal edge tests and ``steer``'s generation.
 """
 from __future__ import annotations
 

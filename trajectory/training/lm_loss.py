@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["causal_lm_loss", "linear_cross_entropy"]
+__all__ = ["causal_lm_loss", "linear_cross_entropy", "release_buffers"]
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -55,6 +55,14 @@ class _LogitsBuffer:
 
 _BUFFER = _LogitsBuffer()
 _BF16: dict[str, Any] = {}
+
+
+def release_buffers() -> None:
+    """Free the reused logits buffer and the bfloat16 copy of the unembedding (hundreds of
+    MB for Gemma 3's vocabulary); the next call makes them again."""
+    if not _BUFFER.busy:
+        _BUFFER.tensor = None
+    _BF16.clear()
 
 
 def _bfloat16_copy(weight: torch.Tensor) -> torch.Tensor:

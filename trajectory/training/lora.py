@@ -332,7 +332,7 @@ def _train(model, chunks: "torch.Tensor", config: LoraConfig, precision: str = "
     import torch
     from tqdm.auto import tqdm
 
-    from trajectory.training.lm_loss import causal_lm_loss
+    from trajectory.training.lm_loss import causal_lm_loss, release_buffers
 
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
@@ -359,6 +359,7 @@ def _train(model, chunks: "torch.Tensor", config: LoraConfig, precision: str = "
         seconds.append(round(time.time() - started, 3))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
+    release_buffers()
     model.eval()
     return losses, seconds
 
