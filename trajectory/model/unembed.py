@@ -50,11 +50,9 @@ class Unembedding:
     def logits(self, normalized: "torch.Tensor") -> "torch.Tensor":
         """Logits ``[..., d_vocab]`` (float32) of ``normalized`` ``[..., d_model]`` (after ``ln_final``)."""
         import torch
-        from transformer_lens.utilities import apply_softcap
 
         with torch.no_grad():
-            logits = torch.nn.functional.linear(normalized, self.weight, self.bias)
-            return apply_softcap(logits, self.softcap).float()
+            return self._bias_and_cap_(torch.nn.functional.linear(normalized, self.weight)).float()
 
     def next_token_nll(self, resid: "torch.Tensor", tokens: "torch.Tensor") -> "torch.Tensor":
         """Cross-entropy of each next token: position ``p`` predicts ``tokens[:, p + 1]``.
@@ -93,7 +91,10 @@ class Unembedding:
         n = normalized.shape[0]
         if self._buffer is None or self._buffer.shape[0] < n or self._buffer.device != normalized.device:
             self._buffer = torch.empty(max(n, self.rows), self.weight.shape[0], device=normalized.device)
-        logits = torch.mm(normalized, self.weight.T, out=self._buffer[:n])
+        return self._bias_and_cap_(torch.mm(normalized, self.weight.T, out=self._buffer[:n]))
+
+    def _bias_and_cap_(self, logits: "torch.Tensor") -> "torch.Tensor":
+        """``b_U`` added and the output soft-cap applied, in place (TransformerLens's order)."""
         if self.has_bias:
             logits.add_(self.bias)
         if self.softcap and self.softcap > 0:
